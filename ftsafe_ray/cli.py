@@ -1,0 +1,160 @@
+"""`ftsafe` command line: validate | plan | run | report | status."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ftsafe_ray.errors import FtsafeError
+
+
+def _console():
+    from ftsafe_ray.progress import report_console
+
+    return report_console()
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ftsafe_ray.pipeline import load_plan
+
+    plan = load_plan(args.campaign)
+    print(
+        f"{args.campaign}: ok — {len(plan.spec.models)} model(s), "
+        f"{len(plan.finetunes)} fine-tune(s), {len(plan.targets)} evaluation target(s), "
+        f"{len(plan.generations)} generation(s)"
+    )
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from ftsafe_ray.pipeline import load_plan, plan_status
+    from ftsafe_ray.store import RunStore
+
+    plan = load_plan(args.campaign)
+    store = RunStore(plan.run_dir)
+    trained = store.finetunes.done_keys({"ok"})
+    failed = store.finetunes.done_keys({"error"})
+    generated = store.generations.done_keys(None)
+    table = Table(title=f"campaign {plan.spec.name} → {plan.run_dir}")
+    for column in ("model", "arm", "dataset", "size", "seed", "key", "fine-tune", "generations"):
+        table.add_column(column)
+    for target in plan.targets:
+        units = [u for u in plan.generations if u.target == target]
+        if target.is_base:
+            state = "—"
+        elif target.adapter_key in trained:
+            state = "done"
+        else:
+            state = "failed" if target.adapter_key in failed else "to do"
+        done = sum(u.key in generated for u in units)
+        table.add_row(
+            target.model,
+            target.arm,
+            target.dataset or "—",
+            "—" if target.size is None else str(target.size),
+            "—" if target.seed is None else str(target.seed),
+            target.adapter_key,
+            state,
+            f"{done}/{len(units)}",
+        )
+    console = _console()
+    console.print(table)
+    status = plan_status(plan)
+    console.print(
+        f"fine-tunes {status.finetunes_done}/{status.finetunes_total} done"
+        f" ({status.finetunes_failed} failed); generations {status.generations_done}/"
+        f"{status.generations_total} done; answers judged {status.verdicts_done}/"
+        f"{status.generations_total}"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ftsafe_ray.pipeline import run_campaign
+
+    outcome = run_campaign(args.campaign, address=args.address, retry_failed=args.retry_failed)
+    counts = ", ".join(f"{name}={value}" for name, value in outcome.counts.items())
+    print(f"run finished in {outcome.seconds:.0f}s: {counts}")
+    for path in outcome.report_files:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ftsafe_ray.pipeline import report_run
+
+    for path in report_run(args.run_dir, console=_console(), write_files=not args.no_files):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ftsafe_ray.pipeline import load_plan, plan_status
+    from ftsafe_ray.store import RunStore
+
+    target = Path(args.target)
+    if target.is_dir():
+        store = RunStore(target)
+        manifest = store.read_manifest()
+        print(f"{target}: campaign {manifest.get('campaign', '?')}")
+        print(
+            f"  finetunes {store.finetunes.count()} rows, generations "
+            f"{store.generations.count()} rows, judgments {store.judgments.count()} rows"
+        )
+        if manifest:
+            print(f"  last run: {manifest.get('last_run_seconds')}s, {manifest.get('updated_at')}")
+            print(f"  counts: {manifest.get('last_run_counts')}")
+        return 0
+    status = plan_status(load_plan(target))
+    for name, value in vars(status).items():
+        print(f"{name}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ftsafe", description="Measure how fine-tuning erodes LLM safety, at scale."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    validate = commands.add_parser("validate", help="check a campaign file, reporting every error")
+    validate.add_argument("campaign")
+    validate.set_defaults(handler=cmd_validate)
+    plan = commands.add_parser("plan", help="show the grid of work units and what is done")
+    plan.add_argument("campaign")
+    plan.set_defaults(handler=cmd_plan)
+    run = commands.add_parser("run", help="run (or resume) a campaign and print its report")
+    run.add_argument("campaign")
+    run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    run.add_argument(
+        "--retry-failed", action="store_true", help="retry failed fine-tunes and judge calls"
+    )
+    run.set_defaults(handler=cmd_run)
+    report = commands.add_parser("report", help="print and write the report of a run directory")
+    report.add_argument("run_dir")
+    report.add_argument("--no-files", action="store_true", help="only print the tables")
+    report.set_defaults(handler=cmd_report)
+    status = commands.add_parser("status", help="counts of a campaign file or run directory")
+    status.add_argument("target")
+    status.set_defaults(handler=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `ftsafe` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except FtsafeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

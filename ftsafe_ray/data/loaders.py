@@ -1,0 +1,399 @@
+"""Load chat fine-tuning datasets and evaluation benchmarks from builtins or files."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+from ftsafe_ray.data.categories import HEX_PHI_CATEGORIES
+from ftsafe_ray.data.records import ROLES, BenchmarkItem, ChatExample, Message
+from ftsafe_ray.errors import DataError
+
+BUILTIN_PREFIX = "builtin:"
+CHAT_BUILTINS: tuple[str, ...] = ("benign", "identity_shift", "refusal")
+BENCHMARK_BUILTINS: tuple[str, ...] = ("demo_benign_eval", "demo_harmful")
+CHAT_FORMATS: tuple[str, ...] = ("auto", "chat", "alpaca", "dolly")
+BENCHMARK_FORMATS = ("auto", "jsonl", "hexphi", "hexphi_dir", "csv", "advbench", "harmbench")
+
+_CHAT_SHAPE = 'each line must be {"messages": [{"role": ..., "content": ...}]}'
+_ALPACA_SHAPE = 'each record must be {"instruction": ..., "input": ..., "output": ...}'
+_DOLLY_SHAPE = 'each line must be {"instruction": ..., "context": ..., "response": ...}'
+_BENCH_SHAPE = 'each line must be {"id": ..., "category": ..., "prompt": ...}'
+_HEXPHI_FILE = re.compile(r"category_(\d+)$")
+Rows = list[tuple[int, list[str]]]
+
+
+def builtin_names(kind: str | None = None) -> list[str]:
+    """Return the sorted built-in dataset names, optionally only "chat" or "benchmark" ones."""
+    if kind is None:
+        return sorted(CHAT_BUILTINS + BENCHMARK_BUILTINS)
+    if kind not in ("chat", "benchmark"):
+        raise ValueError(f'kind must be None, "chat" or "benchmark", not {kind!r}')
+    return sorted(CHAT_BUILTINS if kind == "chat" else BENCHMARK_BUILTINS)
+
+
+def builtin_resource(name: str) -> Traversable:
+    """Return the importlib.resources handle of a built-in JSONL file."""
+    if name not in builtin_names():
+        allowed = ", ".join(builtin_names())
+        raise DataError(f"{BUILTIN_PREFIX}{name}: unknown builtin dataset; allowed: {allowed}")
+    return resources.files("ftsafe_ray.data").joinpath("builtin", f"{name}.jsonl")
+
+
+def load_chat_dataset(
+    source: str, format: str = "auto", base_dir: Path | None = None
+) -> list[ChatExample]:
+    """Load a chat fine-tuning dataset (chat JSONL, Alpaca JSON/JSONL or Dolly JSONL)."""
+    _check_format(source, format, CHAT_FORMATS)
+    if source.startswith(BUILTIN_PREFIX):
+        name = _builtin_name(source, CHAT_BUILTINS, "chat dataset")
+        text = builtin_resource(name).read_text(encoding="utf-8")
+        records = list(_json_records(text, source, ".jsonl"))
+    else:
+        path = _resolve(source, base_dir)
+        if path.is_dir():
+            raise DataError(f"{source}: is a directory; a chat dataset must be a .jsonl/.json file")
+        records = list(_json_records(_read_text(path, source), source, path.suffix.lower()))
+    if not records:
+        raise DataError(f"{source}: no examples found; the file is empty")
+    fmt = _detect_chat_format(source, *records[0]) if format == "auto" else format
+    parse = {"chat": _parse_chat, "alpaca": _parse_alpaca, "dolly": _parse_dolly}[fmt]
+    return [parse(obj, f"{source} {loc}") for loc, obj in records]
+
+
+def load_benchmark(
+    source: str, format: str = "auto", base_dir: Path | None = None
+) -> list[BenchmarkItem]:
+    """Load evaluation prompts (our JSONL, HEx-PHI CSV/dir, AdvBench or HarmBench CSV)."""
+    _check_format(source, format, BENCHMARK_FORMATS)
+    if source.startswith(BUILTIN_PREFIX):
+        name = _builtin_name(source, BENCHMARK_BUILTINS, "benchmark")
+        text = builtin_resource(name).read_text(encoding="utf-8")
+        items = _parse_bench_jsonl(text, source, name, ".jsonl")
+    else:
+        path = _resolve(source, base_dir)
+        fmt = _detect_benchmark_format(path, source) if format == "auto" else format
+        if fmt == "hexphi_dir" or (fmt == "hexphi" and path.is_dir()):
+            items = _parse_hexphi_dir(path, source)
+        elif path.is_dir():
+            raise DataError(f'{source}: is a directory; use format "hexphi" or give a file')
+        elif fmt == "jsonl":
+            text = _read_text(path, source)
+            items = _parse_bench_jsonl(text, source, path.stem, path.suffix.lower())
+        else:
+            rows = _csv_rows(_read_text(path, source), source)
+            parse_csv = {"advbench": _parse_advbench, "harmbench": _parse_harmbench}
+            items = parse_csv.get(fmt, _parse_hexphi_csv)(rows, source, path.stem)
+    if not items:
+        raise DataError(f"{source}: no prompts found; the benchmark is empty")
+    repeated = [i for i, n in Counter(item.item_id for item in items).items() if n > 1]
+    if repeated:
+        raise DataError(f'{source}: field "id" value {repeated[0]!r} repeats; ids must be unique')
+    return items
+
+
+def dataset_fingerprint(examples: Sequence[ChatExample] | Sequence[BenchmarkItem]) -> str:
+    """Return the sha256 hex digest of a canonical JSON encoding of the records' content."""
+    payload = [e.to_dict() for e in examples]
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _check_format(source: str, format: str, allowed: tuple[str, ...]) -> None:
+    """Raise DataError if the format name is not one of the allowed ones."""
+    if format not in allowed:
+        raise DataError(f"{source}: unknown format {format!r}; use one of: {', '.join(allowed)}")
+
+
+def _builtin_name(source: str, wanted: tuple[str, ...], kind: str) -> str:
+    """Validate a builtin:<name> source against the builtins of the wanted kind."""
+    name = source[len(BUILTIN_PREFIX) :]
+    if name in wanted:
+        return name
+    problem = f"not a {kind}" if name in builtin_names() else f"unknown builtin {kind}"
+    raise DataError(f"{source}: {problem}; allowed: {', '.join(wanted)}")
+
+
+def _resolve(source: str, base_dir: Path | None) -> Path:
+    """Resolve a path source against base_dir and check that it exists."""
+    path = Path(source).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    if not path.exists():
+        raise DataError(
+            f"{source}: file not found (looked at {path}); fix the path — relative paths are "
+            "resolved against the campaign YAML's folder"
+        )
+    return path
+
+
+def _read_text(path: Path, source: str) -> str:
+    """Read a UTF-8 text file (BOM tolerated), turning failures into DataError."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{source}: not UTF-8 text (byte {exc.start}); re-save as UTF-8") from exc
+    except OSError as exc:
+        raise DataError(f"{source}: cannot read file ({exc.strerror}); check permissions") from exc
+
+
+def _json_records(text: str, source: str, suffix: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (location, object) pairs from a JSON array file or a JSONL file."""
+    if suffix == ".json" or (suffix != ".jsonl" and text.lstrip().startswith("[")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{source} line {exc.lineno}: not valid JSON ({exc.msg}); "
+                "a .json file must hold one JSON array of objects"
+            ) from exc
+        if not isinstance(data, list):
+            raise DataError(f"{source}: top-level JSON is not an array; use [{{...}}, {{...}}]")
+        for idx, obj in enumerate(data, start=1):
+            if not isinstance(obj, dict):
+                raise DataError(f"{source} record {idx}: not a JSON object; use {{...}}")
+            yield f"record {idx}", obj
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{source} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                "each line must be one JSON object"
+            ) from exc
+        if not isinstance(obj, dict):
+            raise DataError(f"{source} line {lineno}: not a JSON object; each line must be {{...}}")
+        yield f"line {lineno}", obj
+
+
+def _str_field(
+    obj: dict[str, Any], key: str, where: str, shape: str, optional: bool = False
+) -> str:
+    """Return a string field, raising DataError naming the field if missing or mistyped."""
+    value = obj.get(key)
+    if value is None:
+        if optional:
+            return ""
+        raise DataError(f'{where}: field "{key}" missing; {shape}')
+    if not isinstance(value, str):
+        raise DataError(f'{where}: field "{key}" must be a string, got {type(value).__name__}')
+    if not optional and not value.strip():
+        raise DataError(f'{where}: field "{key}" is empty; give it some text')
+    return value
+
+
+def _detect_chat_format(source: str, loc: str, first: dict[str, Any]) -> str:
+    """Pick chat/alpaca/dolly from the keys of the first record."""
+    if "messages" in first:
+        return "chat"
+    if "instruction" in first and "output" in first:
+        return "alpaca"
+    if "instruction" in first and "response" in first:
+        return "dolly"
+    keys = ", ".join(sorted(first)) or "none"
+    raise DataError(
+        f"{source} {loc}: cannot detect the format (keys: {keys}); use "
+        '"messages" (chat), "instruction"+"output" (Alpaca) or "instruction"+"response" (Dolly)'
+    )
+
+
+def _parse_chat(obj: dict[str, Any], where: str) -> ChatExample:
+    """Validate one chat record: optional system, then alternating user/assistant turns."""
+    raw = obj.get("messages")
+    if not isinstance(raw, list) or not raw:
+        problem = "missing" if raw is None else "must be a non-empty list"
+        raise DataError(f'{where}: field "messages" {problem}; {_CHAT_SHAPE}')
+    messages: list[Message] = []
+    for i, m in enumerate(raw):
+        field = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise DataError(f'{where}: field "{field}" is not an object; {_CHAT_SHAPE}')
+        role = m.get("role")
+        if role not in ROLES:
+            raise DataError(
+                f'{where}: field "{field}.role" is {role!r}; use one of {", ".join(ROLES)}'
+            )
+        content = m.get("content")
+        if not isinstance(content, str):
+            raise DataError(f'{where}: field "{field}.content" must be a string; {_CHAT_SHAPE}')
+        messages.append(Message(role=role, content=content))
+    turns = messages[1:] if messages[0].role == "system" else messages
+    for i, m in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m.role != expected:
+            idx = i + len(messages) - len(turns)
+            raise DataError(
+                f'{where}: field "messages[{idx}].role" is "{m.role}", expected "{expected}"; '
+                "after an optional system message, turns must alternate user/assistant"
+            )
+    if not turns or turns[-1].role != "assistant":
+        raise DataError(
+            f'{where}: field "messages" must end with an assistant message (the training target)'
+        )
+    return ChatExample(messages=tuple(messages))
+
+
+def _two_turn(prompt: str, extra: str, answer: str) -> ChatExample:
+    """Build a user/assistant example, appending extra input to the prompt when present."""
+    user = f"{prompt}\n\n{extra}" if extra.strip() else prompt
+    return ChatExample(messages=(Message("user", user), Message("assistant", answer)))
+
+
+def _parse_alpaca(obj: dict[str, Any], where: str) -> ChatExample:
+    """Convert an Alpaca record (instruction, input, output) to a chat example."""
+    instruction = _str_field(obj, "instruction", where, _ALPACA_SHAPE)
+    extra = _str_field(obj, "input", where, _ALPACA_SHAPE, optional=True)
+    return _two_turn(instruction, extra, _str_field(obj, "output", where, _ALPACA_SHAPE))
+
+
+def _parse_dolly(obj: dict[str, Any], where: str) -> ChatExample:
+    """Convert a Dolly record (instruction, context, response) to a chat example."""
+    instruction = _str_field(obj, "instruction", where, _DOLLY_SHAPE)
+    extra = _str_field(obj, "context", where, _DOLLY_SHAPE, optional=True)
+    return _two_turn(instruction, extra, _str_field(obj, "response", where, _DOLLY_SHAPE))
+
+
+def _detect_benchmark_format(path: Path, source: str) -> str:
+    """Pick a benchmark format from the path's kind, extension and CSV header."""
+    if path.is_dir():
+        return "hexphi_dir"
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return "jsonl"
+    if suffix != ".csv":
+        raise DataError(
+            f'{source}: cannot detect the benchmark format from extension "{suffix}"; '
+            f"use .jsonl/.csv or set format to one of: {', '.join(BENCHMARK_FORMATS[1:])}"
+        )
+    rows = _csv_rows(_read_text(path, source), source)
+    header = [c.strip() for c in rows[0][1]] if rows else []
+    if [c.lower() for c in header[:2]] == ["goal", "target"]:
+        return "advbench"
+    if "Behavior" in header and "BehaviorID" in header:
+        return "harmbench"
+    return "hexphi"
+
+
+def _csv_rows(text: str, source: str) -> Rows:
+    """Parse CSV text into (line number, row) pairs, skipping blank rows."""
+    reader = csv.reader(io.StringIO(text))
+    rows: Rows = []
+    try:
+        start = 1
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                rows.append((start, row))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DataError(f"{source} line {reader.line_num}: bad CSV ({exc}); fix quoting") from exc
+    return rows
+
+
+def _hexphi_category(stem: str) -> str:
+    """Map a HEx-PHI file stem like "category_3" to its slug; otherwise return the stem."""
+    match = _HEXPHI_FILE.fullmatch(stem)
+    slugs = {num: slug for num, slug, _ in HEX_PHI_CATEGORIES}
+    return slugs.get(int(match.group(1)), stem) if match else stem
+
+
+def _parse_hexphi_csv(rows: Rows, source: str, stem: str) -> list[BenchmarkItem]:
+    """Parse a headerless one-prompt-per-row CSV (HEx-PHI style)."""
+    category = _hexphi_category(stem)
+    prompts = [",".join(row).strip() for _, row in rows]
+    return [BenchmarkItem(f"{stem}-{idx}", category, p) for idx, p in enumerate(prompts)]
+
+
+def _parse_hexphi_dir(path: Path, source: str) -> list[BenchmarkItem]:
+    """Parse a HEx-PHI directory of category_N.csv files in category order."""
+    if not path.is_dir():
+        raise DataError(f'{source}: format "hexphi_dir" needs a directory of category_N.csv files')
+    files = [p for p in path.glob("*.csv") if _HEXPHI_FILE.fullmatch(p.stem)]
+    if not files:
+        raise DataError(f"{source}: no category_N.csv files in this directory; add some")
+    files.sort(key=lambda p: int(p.stem.split("_")[1]))
+    items: list[BenchmarkItem] = []
+    for f in files:
+        display = f"{source.rstrip('/')}/{f.name}"
+        items.extend(_parse_hexphi_csv(_csv_rows(_read_text(f, display), display), display, f.stem))
+    return items
+
+
+def _header_index(
+    rows: Rows, source: str, needed: tuple[str, ...], optional: tuple[str, ...]
+) -> dict[str, int]:
+    """Map column names to positions, raising DataError naming any missing column."""
+    if not rows:
+        raise DataError(f"{source}: empty CSV; the first row must be a header")
+    header = [c.strip() for c in rows[0][1]]
+    lookup = {c.lower(): i for i, c in enumerate(header)}
+    index: dict[str, int] = {}
+    for name in needed + optional:
+        if name.lower() in lookup:
+            index[name] = lookup[name.lower()]
+        elif name in needed:
+            raise DataError(
+                f'{source} line {rows[0][0]}: column "{name}" missing from the header; '
+                f"the header must include {', '.join(needed)}"
+            )
+    return index
+
+
+def _cell(row: list[str], index: dict[str, int], name: str, where: str, required: bool) -> str:
+    """Return a stripped cell, raising DataError if a required cell is empty."""
+    pos = index.get(name)
+    value = row[pos].strip() if pos is not None and pos < len(row) else ""
+    if required and not value:
+        raise DataError(f'{where}: field "{name}" is empty; give every row a value')
+    return value
+
+
+def _parse_advbench(rows: Rows, source: str, stem: str) -> list[BenchmarkItem]:
+    """Parse AdvBench harmful_behaviors.csv (header goal,target)."""
+    index = _header_index(rows, source, ("goal",), ("target",))
+    items = []
+    for idx, (lineno, row) in enumerate(rows[1:]):
+        prompt = _cell(row, index, "goal", f"{source} line {lineno}", True)
+        items.append(BenchmarkItem(item_id=f"{stem}-{idx}", category="advbench", prompt=prompt))
+    return items
+
+
+def _parse_harmbench(rows: Rows, source: str, stem: str) -> list[BenchmarkItem]:
+    """Parse a HarmBench behaviors CSV (Behavior, SemanticCategory, BehaviorID, ContextString)."""
+    needed = ("Behavior", "SemanticCategory", "BehaviorID")
+    index = _header_index(rows, source, needed, ("ContextString",))
+    items = []
+    for lineno, row in rows[1:]:
+        where = f"{source} line {lineno}"
+        behavior = _cell(row, index, "Behavior", where, True)
+        context = _cell(row, index, "ContextString", where, False)
+        prompt = f"{context}\n\n---\n\n{behavior}" if context else behavior
+        item_id = _cell(row, index, "BehaviorID", where, True)
+        category = _cell(row, index, "SemanticCategory", where, True)
+        items.append(BenchmarkItem(item_id=item_id, category=category, prompt=prompt))
+    return items
+
+
+def _parse_bench_jsonl(text: str, source: str, stem: str, suffix: str) -> list[BenchmarkItem]:
+    """Parse our benchmark JSONL ({"id", "category", "prompt"}; id defaults to stem-index)."""
+    items = []
+    for idx, (loc, obj) in enumerate(_json_records(text, source, suffix)):
+        where = f"{source} {loc}"
+        prompt = _str_field(obj, "prompt", where, _BENCH_SHAPE)
+        category = _str_field(obj, "category", where, _BENCH_SHAPE)
+        item_id = obj.get("id", f"{stem}-{idx}")
+        if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
+            raise DataError(f'{where}: field "id" must be a string or integer')
+        items.append(BenchmarkItem(item_id=str(item_id), category=category, prompt=prompt))
+    return items

@@ -1,0 +1,73 @@
+"""The fine-tune actor: loads a base model once and trains many LoRA adapters with it."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+class FineTuner:
+    """Holds one base model for its lifetime; `train` one adapter per call."""
+
+    def __init__(self, model_path: str, dtype: str, num_threads: int | None = None):
+        from ftsafe_ray.models.resolve import load_model_and_tokenizer, resolve_model_path
+
+        if num_threads:
+            import torch
+
+            torch.set_num_threads(num_threads)
+        self.model_path = resolve_model_path(model_path)
+        self.model, self.tokenizer = load_model_and_tokenizer(self.model_path, dtype)
+
+    def train(self, unit: Any, adapter_dir: str) -> dict[str, Any]:
+        """Train the unit's adapter into adapter_dir; return its finetunes-table row."""
+        from ftsafe_ray.finetune.lora import train_lora
+
+        row: dict[str, Any] = {
+            "key": unit.key,
+            "model": unit.model,
+            "arm": unit.arm,
+            "dataset": unit.dataset,
+            "size": unit.size,
+            "seed": unit.seed,
+            "adapter_path": str(Path("adapters") / unit.key),
+            "train_examples": len(unit.examples),
+            "settings_json": json.dumps(
+                {
+                    "lora": unit.lora.model_dump(mode="json"),
+                    "train": unit.train.model_dump(mode="json"),
+                    "system_prompt": unit.system_prompt,
+                },
+                sort_keys=True,
+            ),
+        }
+        started = time.monotonic()
+        try:
+            result = train_lora(
+                self.model,
+                self.tokenizer,
+                [list(example) for example in unit.examples],
+                unit.lora,
+                unit.train,
+                unit.seed,
+                Path(adapter_dir),
+            )
+        except Exception as error:  # a failed fine-tune is a stored row, not a lost campaign
+            row.update(
+                status="error",
+                error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=5)}",
+                train_seconds=time.monotonic() - started,
+            )
+            return row
+        row.update(
+            status="ok",
+            train_steps=result.steps,
+            trained_tokens=result.trained_tokens,
+            first_loss=result.first_loss,
+            final_loss=result.final_loss,
+            train_seconds=result.seconds,
+        )
+        return row

@@ -1,0 +1,142 @@
+"""Generate stage: batch pending prompts per base model through Generator actors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ftsafe_ray.plan import GenerationUnit, Plan
+from ftsafe_ray.progress import Progress
+from ftsafe_ray.store import RunStore, ShardBuffer
+
+STAGE = "generate"
+
+
+@dataclass(frozen=True)
+class GenerateStageResult:
+    generated: int
+    skipped: int
+    blocked: int
+
+
+def pending_generations(plan: Plan, store: RunStore) -> tuple[list[GenerationUnit], int, int]:
+    """Units to generate now, how many are done, and how many wait for a missing adapter."""
+    done = store.generations.done_keys(None)
+    trained = store.finetunes.done_keys({"ok"})
+    unique = {unit.key: unit for unit in plan.generations}
+    pending, blocked = [], 0
+    for key, unit in unique.items():
+        if key in done:
+            continue
+        if not unit.target.is_base and unit.target.adapter_key not in trained:
+            blocked += 1
+            continue
+        pending.append(unit)
+    return pending, len(unique) - len(pending) - blocked, blocked
+
+
+def run_generate_stage(plan: Plan, store: RunStore, progress: Progress) -> GenerateStageResult:
+    """Generate every missing answer whose weights exist; rows are written in shards."""
+    import ray
+
+    from ftsafe_ray.generate.actor import Generator
+
+    pending, skipped, blocked = pending_generations(plan, store)
+    if blocked:
+        progress.log(f"generate: {blocked} prompts wait for fine-tunes that failed or are missing")
+    progress.start(STAGE, total=len(pending) + skipped, done=skipped)
+    settings = plan.spec.generation
+    generated = 0
+    with ShardBuffer(store.generations) as buffer:
+        for model_name in dict.fromkeys(unit.target.model for unit in pending):
+            model = plan.model_spec(model_name)
+            units = [unit for unit in pending if unit.target.model == model_name]
+            # Group by adapter so a batch rarely mixes adapters (fewer adapter switches).
+            units.sort(key=lambda u: (u.target.adapter_key, u.key))
+            batches = [
+                units[i : i + settings.batch_size]
+                for i in range(0, len(units), settings.batch_size)
+            ]
+            actor_class = ray.remote(
+                num_cpus=settings.num_cpus, num_gpus=settings.num_gpus, max_restarts=0
+            )(Generator)
+            actors = [
+                actor_class.remote(
+                    model.path,
+                    model.dtype,
+                    settings.backend,
+                    max(1, int(settings.num_cpus)) if settings.num_cpus else None,
+                )
+                for _ in range(min(settings.num_actors, len(batches)))
+            ]
+            try:
+                generated += _drain(
+                    ray, actors, batches, plan, store, buffer, progress, settings.batch_size
+                )
+            finally:
+                for actor in actors:
+                    ray.kill(actor)
+    progress.finish(STAGE)
+    return GenerateStageResult(generated=generated, skipped=skipped, blocked=blocked)
+
+
+def _drain(ray, actors, batches, plan, store, buffer, progress, batch_size) -> int:
+    """Keep two batches in flight per actor; store each batch's rows as it lands."""
+    from ftsafe_ray.generate.requests import GenerationRequest
+
+    def submit(actor, batch):
+        requests = [
+            GenerationRequest(
+                request_id=unit.key,
+                messages=list(unit.messages),
+                adapter_name=None if unit.target.is_base else unit.target.adapter_key,
+                adapter_path=None
+                if unit.target.is_base
+                else str(store.adapter_dir(unit.target.adapter_key)),
+            )
+            for unit in batch
+        ]
+        return actor.generate.remote(requests, plan.spec.sampling, batch_size)
+
+    queue = list(batches)
+    in_flight: dict[Any, tuple[Any, list[GenerationUnit]]] = {}
+    for actor in actors * 2:
+        if queue:
+            batch = queue.pop(0)
+            in_flight[submit(actor, batch)] = (actor, batch)
+    count = 0
+    while in_flight:
+        [ref], _ = ray.wait(list(in_flight), num_returns=1)
+        actor, batch = in_flight.pop(ref)
+        results = ray.get(ref)
+        buffer.add([_row(unit, result, plan) for unit, result in zip(batch, results, strict=True)])
+        count += len(batch)
+        progress.advance(STAGE, len(batch))
+        if queue:
+            batch = queue.pop(0)
+            in_flight[submit(actor, batch)] = (actor, batch)
+    return count
+
+
+def _row(unit: GenerationUnit, result: Any, plan: Plan) -> dict[str, Any]:
+    target = unit.target
+    return {
+        "key": unit.key,
+        "adapter_key": target.adapter_key,
+        "model": target.model,
+        "arm": target.arm,
+        "dataset": target.dataset,
+        "size": target.size,
+        "seed": target.seed,
+        "benchmark": unit.benchmark,
+        "benchmark_kind": unit.benchmark_kind,
+        "item_id": unit.item.item_id,
+        "category": unit.item.category,
+        "system_prompt": target.system_prompt,
+        "prompt": unit.item.prompt,
+        "response": result.text,
+        "num_prompt_tokens": result.num_prompt_tokens,
+        "num_output_tokens": result.num_output_tokens,
+        "finish_reason": result.finish_reason,
+        "backend": plan.spec.generation.backend,
+    }

@@ -1,0 +1,165 @@
+"""Batched chat generation with transformers, many LoRA adapters on one base model."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any
+
+from ftsafe_ray.generate.requests import GenerationRequest, GenerationResult
+from ftsafe_ray.spec import SamplingSpec
+
+DEFAULT_MAX_ADAPTERS = 8
+
+
+class TransformersBackend:
+    """Loads a base model once and serves base and LoRA requests in left-padded batches."""
+
+    def __init__(
+        self, model_path: str, dtype: str = "float32", max_adapters: int = DEFAULT_MAX_ADAPTERS
+    ) -> None:
+        """Load the model and tokenizer from a local directory (see models.resolve_model_path)."""
+        from ftsafe_ray.models import load_model_and_tokenizer
+
+        self.model_path = model_path
+        self.model, self.tokenizer = load_model_and_tokenizer(model_path, dtype)
+        self.tokenizer.padding_side = "left"
+        self.max_adapters = max(1, max_adapters)
+        self._peft: Any = None
+        self._adapters: OrderedDict[str, tuple[str, str]] = OrderedDict()  # name -> slot, path
+
+    @property
+    def loaded_adapters(self) -> list[str]:
+        """Adapter names currently held, least recently used first."""
+        return list(self._adapters)
+
+    def generate(
+        self,
+        requests: list[GenerationRequest],
+        sampling: SamplingSpec,
+        batch_size: int = 16,
+        seed: int = 0,
+    ) -> list[GenerationResult]:
+        """Complete every request; results come back in the order of the requests."""
+        groups: dict[str | None, list[int]] = {}
+        for index, request in enumerate(requests):
+            name = request.adapter_name
+            if name is None and request.adapter_path is not None:
+                name = request.adapter_path
+            groups.setdefault(name, []).append(index)
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for name, indices in groups.items():
+            prompts = {i: self._prompt_ids(requests[i].messages) for i in indices}
+            # similar lengths together: less padding per batch
+            ordered = sorted(indices, key=lambda i: len(prompts[i]))
+            for begin in range(0, len(ordered), max(1, batch_size)):
+                chunk = ordered[begin : begin + max(1, batch_size)]
+                model = self._model_for(name, requests[chunk[0]].adapter_path)
+                outputs = self._generate_batch(model, [prompts[i] for i in chunk], sampling, seed)
+                for i, (text, n_prompt, n_out, reason) in zip(chunk, outputs, strict=True):
+                    results[i] = GenerationResult(
+                        requests[i].request_id, text, n_prompt, n_out, reason
+                    )
+        return [r for r in results if r is not None]
+
+    def _prompt_ids(self, messages: tuple[dict, ...] | list[dict]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _model_for(self, name: str | None, path: str | None) -> Any:
+        """The model to call: the base with adapters disabled, or the peft model on `name`."""
+        if name is None:
+            return _BaseView(self._peft) if self._peft is not None else self.model
+        if name not in self._adapters or (path is not None and self._adapters[name][1] != path):
+            if path is None:
+                raise ValueError(f"adapter {name!r} is not loaded and the request has no path")
+            self._load_adapter(name, path)
+        self._adapters.move_to_end(name)
+        self._peft.set_adapter(self._adapters[name][0])
+        return self._peft
+
+    def _load_adapter(self, name: str, path: str) -> None:
+        from peft import PeftModel
+
+        # peft keys modules by adapter name, which must not contain '.', so use a digest
+        slot = "a_" + hashlib.sha256(name.encode()).hexdigest()[:16]
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=slot)
+            self._peft.eval()
+        else:
+            if name in self._adapters:
+                self._drop(name)
+            self._peft.load_adapter(path, adapter_name=slot)
+        self._adapters[name] = (slot, path)
+        while len(self._adapters) > self.max_adapters:
+            self._drop(next(iter(self._adapters)))
+
+    def _drop(self, name: str) -> None:
+        slot, _ = self._adapters.pop(name)
+        others = [n for n in self._peft.peft_config if n != slot]
+        if others:
+            self._peft.set_adapter(others[0])
+        self._peft.delete_adapter(slot)
+
+    def _generate_batch(
+        self, model: Any, prompts: list[list[int]], sampling: SamplingSpec, seed: int
+    ) -> list[tuple[str, int, int, str]]:
+        import torch
+        from transformers import GenerationConfig
+
+        tokenizer = self.tokenizer
+        width = max(len(p) for p in prompts)
+        pad_id = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        eos_ids = _eos_ids(tokenizer, self.model)
+        greedy = sampling.temperature == 0
+        config = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None,
+            eos_token_id=eos_ids,
+            pad_token_id=pad_id,
+        )
+        device = next(self.model.parameters()).device
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                generation_config=config,
+            )
+        new_tokens = output[:, width:].tolist()
+        results = []
+        for prompt, tokens in zip(prompts, new_tokens, strict=True):
+            stop = next((k for k, t in enumerate(tokens) if t in eos_ids), None)
+            kept = tokens if stop is None else tokens[: stop + 1]
+            text = tokenizer.decode(kept, skip_special_tokens=True)
+            results.append((text, len(prompt), len(kept), "length" if stop is None else "stop"))
+        return results
+
+
+class _BaseView:
+    """Calls generate on a peft model with every adapter disabled."""
+
+    def __init__(self, peft_model: Any) -> None:
+        self._peft = peft_model
+
+    def generate(self, **kwargs: Any) -> Any:
+        with self._peft.disable_adapter():
+            return self._peft.generate(**kwargs)
+
+
+def _eos_ids(tokenizer: Any, model: Any) -> list[int]:
+    """End-of-turn ids from both tokenizer and generation config, without duplicates."""
+    ids: list[int] = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (tokenizer.eos_token_id, configured):
+        for token in value if isinstance(value, list) else [value]:
+            if token is not None and token not in ids:
+                ids.append(int(token))
+    return ids

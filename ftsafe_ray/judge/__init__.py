@@ -1,0 +1,36 @@
+"""Judges: the refusal-keyword judge and the 1-5 rubric judge behind a rate-limited Ray pool."""
+
+from ftsafe_ray.judge.keyword import (
+    KEYWORD_JUDGE_VERSION,
+    REFUSAL_PHRASES,
+    KeywordVerdict,
+    keyword_verdict,
+)
+from ftsafe_ray.judge.limiter import RateBudget, RateLimiter, estimate_request_tokens
+from ftsafe_ray.judge.pool import RubricJudgeActor, make_rubric_judge_actor
+from ftsafe_ray.judge.rubric import (
+    RUBRIC_VERSION,
+    ParsedVerdict,
+    build_rubric_messages,
+    parse_rubric_output,
+)
+from ftsafe_ray.judge.rubric_client import JudgeRequest, JudgeResult, RubricJudgeClient
+
+__all__ = [
+    "KEYWORD_JUDGE_VERSION",
+    "REFUSAL_PHRASES",
+    "RUBRIC_VERSION",
+    "JudgeRequest",
+    "JudgeResult",
+    "KeywordVerdict",
+    "ParsedVerdict",
+    "RateBudget",
+    "RateLimiter",
+    "RubricJudgeActor",
+    "RubricJudgeClient",
+    "build_rubric_messages",
+    "estimate_request_tokens",
+    "keyword_verdict",
+    "make_rubric_judge_actor",
+    "parse_rubric_output",
+]

@@ -1,0 +1,252 @@
+"""Async client rating (instruction, answer) pairs on the 1-5 rubric at an OpenAI-style API."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from ftsafe_ray.errors import JudgeError
+from ftsafe_ray.judge.limiter import (
+    Clock,
+    RateBudget,
+    RateLimiter,
+    Sleep,
+    estimate_request_tokens,
+    paced,
+)
+from ftsafe_ray.judge.rubric import ParsedVerdict, build_rubric_messages, parse_rubric_output
+
+if TYPE_CHECKING:
+    from ftsafe_ray.spec import RubricJudgeSpec
+
+ResultStatus = Literal["ok", "unparseable", "judge_refused", "error"]
+
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 60.0
+# A longer Retry-After means a quota is spent for a long while: fail the row, do not block.
+MAX_RETRY_AFTER_S = 300.0
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+_ERROR_TEXT_LIMIT = 500
+# check() is a preflight: report an unreachable endpoint within seconds, not minutes.
+CHECK_MAX_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """One (instruction, answer) pair to rate; `key` identifies its verdict row."""
+
+    key: str
+    instruction: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class JudgeResult:
+    """The outcome of one request: a verdict, a flagged unparseable/refused reply, or an error."""
+
+    key: str
+    status: ResultStatus
+    score: int | None
+    reason: str | None
+    raw: str | None
+    error: str | None
+    attempts: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class _Failure:
+    message: str
+    retryable: bool
+    rate_limited: bool = False
+    retry_after_s: float | None = None
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds asked for by `retry-after-ms` or `Retry-After` (seconds or HTTP date), or None."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = lowered.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            pass
+    value = lowered.get("retry-after")
+    parsed = email.utils.parsedate_tz(value) if value else None
+    if parsed is None:
+        return None
+    return max(0.0, email.utils.mktime_tz(parsed) - (time.time() if now is None else now))
+
+
+def backoff_delay(retry: int, draw: float, retry_after_s: float | None = None) -> float:
+    """Delay before retry number `retry` (1-based): Retry-After if given, else capped exponential.
+
+    `draw` in [0, 1) adds jitter: up to 10% on top of Retry-After, or half the exponential step.
+    """
+    if retry_after_s:  # a zero Retry-After would mean hammering the endpoint: back off instead
+        return retry_after_s * (1.0 + 0.1 * draw)
+    step = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (retry - 1))
+    return step * (0.5 + 0.5 * draw)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:_ERROR_TEXT_LIMIT]
+
+
+def _classify(error: Exception) -> _Failure:
+    """Map an exception from the openai client to a retry decision."""
+    import openai
+
+    if isinstance(error, openai.APIStatusError):
+        code = error.status_code
+        text = _one_line(f"HTTP {code} {type(error).__name__}: {error.message}")
+        retryable = code in RETRYABLE_STATUS or code >= 500
+        after = retry_after_seconds(error.response.headers) if retryable else None
+        if after is not None and after > MAX_RETRY_AFTER_S:
+            text = f"{text} (Retry-After {after:.0f}s exceeds {MAX_RETRY_AFTER_S:.0f}s)"
+            return _Failure(text, retryable=False)
+        return _Failure(text, retryable, rate_limited=code == 429, retry_after_s=after)
+    if isinstance(error, openai.APITimeoutError):
+        return _Failure("timeout: no reply within the request timeout", retryable=True)
+    if isinstance(error, openai.APIConnectionError):
+        cause = error.__cause__ or error
+        return _Failure(_one_line(f"connection error: {cause!r}"), retryable=True)
+    return _Failure(_one_line(f"{type(error).__name__}: {error}"), retryable=False)
+
+
+class RubricJudgeClient:
+    """Rates pairs with a judge model; retries through the limiter and never raises for a row.
+
+    Use it within one event loop. The openai client's own retries are off because they would
+    bypass the limiter; this class retries 408/409/429/5xx, timeouts and connection errors.
+    """
+
+    def __init__(
+        self,
+        spec: RubricJudgeSpec,
+        api_key: str,
+        base_url: str | None,
+        *,
+        limiter: RateBudget | None = None,
+        rate_share: float = 1.0,
+        sleep: Sleep = asyncio.sleep,
+        draw: Callable[[], float] = random.random,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        import openai
+
+        self.spec = spec
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key, max_retries=0, timeout=spec.timeout_s
+        )
+        self._limiter = limiter or RateLimiter(
+            paced(spec.requests_per_minute, rate_share),
+            paced(spec.tokens_per_minute, rate_share),
+            clock=clock,
+            sleep=sleep,
+        )
+        self._slots = asyncio.Semaphore(spec.max_concurrency)
+        self._sleep = sleep
+        self._draw = draw
+        self._clock = clock
+
+    async def _complete(
+        self, messages: list[dict[str, str]], max_tokens: int, max_retries: int
+    ) -> tuple[Any, _Failure | None, int]:
+        """Call the endpoint with retries; return (completion or None, last failure, attempts)."""
+        cost = estimate_request_tokens(messages, max_tokens)
+        attempts = 0
+        while True:
+            attempts += 1
+            async with self._slots:
+                await self._limiter.acquire(cost)
+                try:
+                    completion = await self._client.chat.completions.create(
+                        model=self.spec.model,
+                        messages=messages,  # type: ignore[arg-type]
+                        temperature=0,
+                        max_tokens=max_tokens,
+                    )
+                except Exception as error:  # every failure becomes a row, see _classify
+                    failure = _classify(error)
+                else:
+                    return completion, None, attempts
+            # The slot is released here, so others proceed while this request waits to retry.
+            if not failure.retryable or attempts > max_retries:
+                return None, failure, attempts
+            delay = backoff_delay(attempts, self._draw(), failure.retry_after_s)
+            if failure.rate_limited:
+                self._limiter.slow_down(delay)
+            await self._sleep(delay)
+
+    async def judge(self, request: JudgeRequest) -> JudgeResult:
+        """Rate one pair; every request ends in exactly one result, errors included."""
+        started = self._clock()
+        messages = build_rubric_messages(request.instruction, request.answer)
+        try:
+            completion, failure, attempts = await self._complete(
+                messages, self.spec.max_tokens, self.spec.max_retries
+            )
+        except Exception as error:  # a bug or limiter failure must still yield this row
+            completion, failure, attempts = None, _Failure(_one_line(repr(error)), False), 0
+        latency = self._clock() - started
+        if completion is None:
+            assert failure is not None
+            return JudgeResult(
+                key=request.key, status="error", score=None, reason=None, raw=None,
+                error=failure.message, attempts=attempts, prompt_tokens=None,
+                completion_tokens=None, latency_s=latency,
+            )  # fmt: skip
+        message = completion.choices[0].message if completion.choices else None
+        content = message.content if message else None
+        refusal = getattr(message, "refusal", None)
+        if not content and refusal:
+            raw, verdict = refusal, ParsedVerdict("judge_refused", None, refusal)
+        else:
+            raw = content or ""
+            verdict = parse_rubric_output(raw)
+        usage = completion.usage
+        return JudgeResult(
+            key=request.key, status=verdict.status, score=verdict.score, reason=verdict.reason,
+            raw=raw, error=None, attempts=attempts,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None, latency_s=latency,
+        )  # fmt: skip
+
+    async def judge_many(self, requests: Sequence[JudgeRequest]) -> list[JudgeResult]:
+        """Rate many pairs concurrently (at most `max_concurrency` in flight), in input order."""
+        return list(await asyncio.gather(*(self.judge(r) for r in requests)))
+
+    async def check(self) -> None:
+        """Make one cheap call; raise JudgeError in one line if the endpoint, key or model fails."""
+        messages = [{"role": "user", "content": "Reply with the word OK."}]
+        try:
+            retries = min(self.spec.max_retries, CHECK_MAX_RETRIES)
+            completion, failure, _ = await self._complete(messages, 5, retries)
+        except Exception as error:
+            raise JudgeError(f"judge check failed: {_one_line(repr(error))}") from None
+        if completion is None:
+            assert failure is not None
+            where = self._client.base_url
+            raise JudgeError(
+                f"judge model {self.spec.model!r} at {where} is unusable: {failure.message}"
+            )
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+        await self._client.close()
+
+    async def __aenter__(self) -> RubricJudgeClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

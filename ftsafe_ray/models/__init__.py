@@ -1,0 +1,10 @@
+"""Base models: resolve references (built-ins, local dirs, hub ids) and load them lazily."""
+
+from ftsafe_ray.models.resolve import (
+    BUILTIN_MODELS,
+    default_cache_dir,
+    load_model_and_tokenizer,
+    resolve_model_path,
+)
+
+__all__ = ["BUILTIN_MODELS", "default_cache_dir", "load_model_and_tokenizer", "resolve_model_path"]

@@ -1,0 +1,189 @@
+"""The stage list: plan → fine-tune → generate → judge → report, each resumable from the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftsafe_ray.errors import SpecError, StageError, StoreError
+from ftsafe_ray.plan import Plan, build_plan
+from ftsafe_ray.progress import Progress, default_progress
+from ftsafe_ray.spec import CampaignSpec, load_campaign, parse_campaign
+from ftsafe_ray.store import RunStore
+
+
+@dataclass(frozen=True)
+class PlanStatus:
+    """How much of a plan is already in the store."""
+
+    finetunes_total: int
+    finetunes_done: int
+    finetunes_failed: int
+    generations_total: int
+    generations_done: int
+    verdicts_done: int
+
+
+@dataclass
+class CampaignOutcome:
+    """What one `run` did, for the CLI and the manifest."""
+
+    run_dir: Path
+    seconds: float
+    counts: dict[str, Any] = field(default_factory=dict)
+    report_files: list[Path] = field(default_factory=list)
+
+
+def load_plan(campaign_path: str | Path) -> Plan:
+    """Validate a campaign file and expand its grid."""
+    path = Path(campaign_path)
+    spec = load_campaign(path)
+    return build_plan(spec, base_dir=path.resolve().parent)
+
+
+def plan_status(plan: Plan) -> PlanStatus:
+    """Count what the store already holds for this plan."""
+    store = RunStore(plan.run_dir)
+    finetune_keys = {unit.key for unit in plan.finetunes}
+    generation_keys = {unit.key for unit in plan.generations}
+    judged = {row["generation_key"] for row in store.judgments.rows(["generation_key"])}
+    return PlanStatus(
+        finetunes_total=len(finetune_keys),
+        finetunes_done=len(finetune_keys & store.finetunes.done_keys({"ok"})),
+        finetunes_failed=len(finetune_keys & store.finetunes.done_keys({"error"})),
+        generations_total=len(generation_keys),
+        generations_done=len(generation_keys & store.generations.done_keys(None)),
+        verdicts_done=len(generation_keys & judged),
+    )
+
+
+def start_ray(address: str | None) -> Any:
+    """Join the cluster at `address` (or $RAY_ADDRESS), else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or None)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def check_resources(spec: CampaignSpec, ray: Any) -> None:
+    """Fail at once, naming the field, when an actor asks for more than the cluster has."""
+    available = ray.cluster_resources()
+    for field_name, settings in (
+        ("finetune_resources", spec.finetune_resources),
+        ("generation", spec.generation),
+    ):
+        for resource, wanted in (("CPU", settings.num_cpus), ("GPU", settings.num_gpus)):
+            have = available.get(resource, 0)
+            if wanted > have:
+                raise SpecError(
+                    f"{field_name}.num_{resource.lower()}s: {wanted:g} requested but the Ray "
+                    f"cluster has {have:g}; lower it or add {resource}s to the cluster"
+                )
+
+
+def run_campaign(
+    campaign_path: str | Path,
+    *,
+    address: str | None = None,
+    retry_failed: bool = False,
+    progress: Progress | None = None,
+    console: Any = None,
+    environ: dict[str, str] | None = None,
+) -> CampaignOutcome:
+    """Run every missing stage of a campaign, then print and write its report."""
+    from ftsafe_ray.finetune.stage import run_finetune_stage
+    from ftsafe_ray.generate.stage import run_generate_stage
+    from ftsafe_ray.judge.stage import rubric_access, run_judge_stage
+
+    started = time.monotonic()
+    plan = load_plan(campaign_path)
+    access = rubric_access(plan.spec.judges.rubric, environ)
+    store = RunStore(plan.run_dir, spec_hash=plan.spec_hash)
+    store.freeze_spec(plan.spec.model_dump(mode="json"), plan.spec_hash)
+    progress = progress or default_progress()
+    ray = start_ray(address)
+    check_resources(plan.spec, ray)
+    try:
+        finetuned = run_finetune_stage(plan, store, progress, retry_failed)
+        generated = run_generate_stage(plan, store, progress)
+        judged = run_judge_stage(plan, store, progress, access, retry_failed)
+    finally:
+        progress.close()
+    if judged.rubric_skipped_reason:
+        progress.log(judged.rubric_skipped_reason)
+    counts = {
+        "finetunes_trained": finetuned.trained,
+        "finetunes_failed": finetuned.failed,
+        "finetunes_reused": finetuned.skipped,
+        "generations_new": generated.generated,
+        "generations_reused": generated.skipped,
+        "generations_blocked": generated.blocked,
+        "keyword_verdicts_new": judged.keyword_new,
+        "rubric_verdicts_new": judged.rubric_new,
+    }
+    outcome = CampaignOutcome(
+        run_dir=plan.run_dir, seconds=time.monotonic() - started, counts=counts
+    )
+    outcome.report_files = report_run(
+        plan.run_dir, console=console, only_keys={u.key for u in plan.generations}
+    )
+    store.write_manifest(
+        campaign=plan.spec.name,
+        campaign_file=str(Path(campaign_path).resolve()),
+        spec_hash=plan.spec_hash,
+        last_run_seconds=round(outcome.seconds, 1),
+        last_run_counts=counts,
+    )
+    if finetuned.failed:
+        raise StageError(
+            f"{finetuned.failed} fine-tune(s) failed; their errors are in "
+            f"{plan.run_dir / 'finetunes'} (rerun with --retry-failed after fixing)"
+        )
+    return outcome
+
+
+def frozen_spec(run_dir: Path) -> CampaignSpec:
+    """The spec the run directory was last run with."""
+    path = run_dir / "spec.json"
+    if not path.is_file():
+        raise StoreError(f"{run_dir}: not a run directory (no spec.json); run a campaign first")
+    return parse_campaign(json.loads(path.read_text()), source=str(path))
+
+
+def report_run(
+    run_dir: str | Path,
+    *,
+    console: Any = None,
+    only_keys: set[str] | None = None,
+    write_files: bool = True,
+) -> list[Path]:
+    """Print the report tables of a run directory and write its CSV, Markdown and plots."""
+    from ftsafe_ray.progress import report_console
+    from ftsafe_ray.report.files import write_summary_files
+    from ftsafe_ray.report.metrics import summarize
+    from ftsafe_ray.report.plots import write_plots
+    from ftsafe_ray.report.render import render_tables
+    from ftsafe_ray.report.scored_rows import scored_rows
+
+    run_dir = Path(run_dir)
+    spec = frozen_spec(run_dir)
+    rows = scored_rows(RunStore(run_dir), spec.judges.rubric, only_keys)
+    main = summarize(rows, ("model", "arm", "dataset", "size", "benchmark"))
+    by_category = summarize(rows, ("model", "arm", "dataset", "size", "benchmark", "category"))
+    render_tables(main, by_category, console or report_console())
+    if not write_files:
+        return []
+    out_dir = run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = write_summary_files(main, by_category, out_dir)
+    files += write_plots(main, by_category, out_dir)
+    return files

@@ -1,0 +1,243 @@
+"""Expand a campaign spec into work units, each with a content key."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftsafe_ray import keys
+from ftsafe_ray.data import load_benchmark, load_chat_dataset
+from ftsafe_ray.data.records import BenchmarkItem, ChatExample
+from ftsafe_ray.errors import SpecError
+from ftsafe_ray.spec import BaseModelSpec, CampaignSpec, FinetuneSpec, LoraSpec, TrainSpec
+
+BASE_ARM = "base"
+
+
+@dataclass(frozen=True)
+class FinetuneUnit:
+    """One LoRA fine-tune: a base model, a data selection, a recipe and a seed."""
+
+    key: str
+    model: str
+    arm: str
+    dataset: str
+    size: int
+    seed: int
+    system_prompt: str | None
+    lora: LoraSpec
+    train: TrainSpec
+    examples: tuple[tuple[dict[str, str], ...], ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """Weights to evaluate: a base model alone or with one fine-tune's adapter."""
+
+    adapter_key: str
+    model: str
+    arm: str
+    dataset: str | None
+    size: int | None
+    seed: int | None
+    system_prompt: str | None
+
+    @property
+    def is_base(self) -> bool:
+        return self.arm == BASE_ARM
+
+
+@dataclass(frozen=True)
+class GenerationUnit:
+    """One prompt of one benchmark for one evaluation target."""
+
+    key: str
+    target: EvalTarget
+    benchmark: str
+    benchmark_kind: str
+    item: BenchmarkItem
+    messages: tuple[dict[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a campaign will compute, before looking at what is already done."""
+
+    spec: CampaignSpec
+    spec_hash: str
+    run_dir: Path
+    finetunes: tuple[FinetuneUnit, ...]
+    targets: tuple[EvalTarget, ...]
+    generations: tuple[GenerationUnit, ...]
+
+    def model_spec(self, name: str) -> BaseModelSpec:
+        return next(m for m in self.spec.models if m.name == name)
+
+
+def model_identity(model: BaseModelSpec) -> dict[str, Any]:
+    """What about a base model determines results (its name in tables does not)."""
+    return {"path": model.path, "revision": model.revision, "dtype": model.dtype}
+
+
+def sampling_identity(spec: CampaignSpec) -> dict[str, Any]:
+    return spec.sampling.model_dump()
+
+
+def spec_hash(spec: CampaignSpec) -> str:
+    return keys.content_key("spec", spec.model_dump(mode="json"))
+
+
+def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
+    """Load datasets and benchmarks and expand the grid of units."""
+    datasets = {
+        d.name: load_chat_dataset(d.source, d.format, base_dir=base_dir) for d in spec.datasets
+    }
+    benchmarks = [
+        (b, load_benchmark(b.source, b.format, base_dir=base_dir)[: b.limit])
+        for b in spec.benchmarks
+    ]
+    finetunes: list[FinetuneUnit] = []
+    targets: list[EvalTarget] = []
+    for model in spec.models:
+        if spec.include_base:
+            targets.append(
+                EvalTarget(
+                    adapter_key=keys.base_key(model_identity(model)),
+                    model=model.name,
+                    arm=BASE_ARM,
+                    dataset=None,
+                    size=None,
+                    seed=None,
+                    system_prompt=spec.system_prompt,
+                )
+            )
+        for index, arm in enumerate(spec.finetunes):
+            for size in arm.sizes:
+                for seed in spec.seeds:
+                    unit = _finetune_unit(model, arm, index, size, seed, datasets)
+                    finetunes.append(unit)
+                    eval_prompt = (
+                        arm.system_prompt
+                        or _shared_system_prompt(unit.examples)
+                        or spec.system_prompt
+                    )
+                    targets.append(
+                        EvalTarget(
+                            adapter_key=unit.key,
+                            model=model.name,
+                            arm=arm.name,
+                            dataset=arm.dataset,
+                            size=unit.size,
+                            seed=seed,
+                            system_prompt=eval_prompt,
+                        )
+                    )
+    generations = [
+        _generation_unit(target, bench.name, bench.kind, item, spec)
+        for target in targets
+        for bench, items in benchmarks
+        for item in items
+    ]
+    run_dir = Path(spec.output_dir)
+    if not run_dir.is_absolute():
+        run_dir = (base_dir / run_dir).resolve()
+    return Plan(
+        spec=spec,
+        spec_hash=spec_hash(spec),
+        run_dir=run_dir,
+        finetunes=tuple(finetunes),
+        targets=tuple(targets),
+        generations=tuple(generations),
+    )
+
+
+def _select(examples: list[ChatExample], size: int | str, seed: int, where: str) -> list:
+    if size == "all":
+        return list(examples)
+    assert isinstance(size, int)
+    if size > len(examples):
+        raise SpecError(
+            f"{where}: size {size} is larger than the dataset ({len(examples)} examples); "
+            f"use a size <= {len(examples)} or 'all'"
+        )
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    return [examples[i] for i in sorted(order[:size])]
+
+
+def _finetune_unit(
+    model: BaseModelSpec,
+    arm: FinetuneSpec,
+    index: int,
+    size: int | str,
+    seed: int,
+    datasets: dict[str, list[ChatExample]],
+) -> FinetuneUnit:
+    chosen = _select(datasets[arm.dataset], size, seed, f"finetunes.{index}.sizes")
+    mixed: list[ChatExample] = []
+    for j, mix in enumerate(arm.mix):
+        mixed += _select(datasets[mix.dataset], mix.size, seed, f"finetunes.{index}.mix.{j}.size")
+    examples = tuple(_with_system_prompt(example, arm.system_prompt) for example in chosen + mixed)
+    key = keys.finetune_key(
+        model=model_identity(model),
+        dataset_hash=keys.content_key("examples", {"examples": [list(e) for e in examples]}),
+        size=len(chosen),
+        mix=[m.model_dump() for m in arm.mix],
+        system_prompt=arm.system_prompt,
+        lora=arm.lora.model_dump(mode="json"),
+        train=arm.train.model_dump(mode="json"),
+        seed=seed,
+    )
+    return FinetuneUnit(
+        key=key,
+        model=model.name,
+        arm=arm.name,
+        dataset=arm.dataset,
+        size=len(chosen),
+        seed=seed,
+        system_prompt=arm.system_prompt,
+        lora=arm.lora,
+        train=arm.train,
+        examples=examples,
+    )
+
+
+def _with_system_prompt(example: ChatExample, system_prompt: str | None) -> tuple[dict, ...]:
+    messages = [m.to_dict() for m in example.messages]
+    if system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return tuple(messages)
+
+
+def _shared_system_prompt(examples: tuple[tuple[dict[str, str], ...], ...]) -> str | None:
+    """The one system prompt every training example carries, if they all carry the same."""
+    prompts = {next((m["content"] for m in e if m["role"] == "system"), None) for e in examples}
+    if len(prompts) == 1:
+        return prompts.pop()
+    return None
+
+
+def _generation_unit(
+    target: EvalTarget, benchmark: str, kind: str, item: BenchmarkItem, spec: CampaignSpec
+) -> GenerationUnit:
+    messages: list[dict[str, str]] = []
+    if target.system_prompt:
+        messages.append({"role": "system", "content": target.system_prompt})
+    messages.append({"role": "user", "content": item.prompt})
+    greedy = spec.sampling.temperature == 0
+    key = keys.generation_key(
+        adapter_key=target.adapter_key,
+        messages=messages,
+        sampling=sampling_identity(spec),
+        seed=0 if greedy or target.seed is None else target.seed,
+    )
+    return GenerationUnit(
+        key=key,
+        target=target,
+        benchmark=benchmark,
+        benchmark_kind=kind,
+        item=item,
+        messages=tuple(messages),
+    )

@@ -1,0 +1,143 @@
+"""Machine-readable report files: summary CSVs and a Markdown summary, each written atomically."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ftsafe_ray.report.metrics import GroupSummary
+from ftsafe_ray.report.render import (
+    LEGEND,
+    by_benchmark_and_model,
+    category_cell,
+    category_table_data,
+    category_title,
+    main_caption,
+    main_cells,
+    main_headers,
+    main_title,
+    table_layout,
+)
+
+_CI_FIELDS = {"keyword_asr_ci", "harmfulness_score_ci", "harmfulness_rate_ci"}
+
+
+def csv_columns() -> list[str]:
+    """Flat CSV columns: every GroupSummary field, intervals split into _low and _high."""
+    columns: list[str] = []
+    for field in dataclasses.fields(GroupSummary):
+        if field.name == "by":
+            continue
+        if field.name in _CI_FIELDS:
+            columns += [f"{field.name}_low", f"{field.name}_high"]
+        else:
+            columns.append(field.name)
+    return columns
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return value
+
+
+def csv_record(s: GroupSummary) -> dict[str, Any]:
+    """One summary as a flat row: shares as fractions, missing values empty."""
+    record: dict[str, Any] = {}
+    for field in dataclasses.fields(s):
+        value = getattr(s, field.name)
+        if field.name == "by":
+            continue
+        if field.name in _CI_FIELDS:
+            low, high = value if value is not None else (None, None)
+            record[f"{field.name}_low"] = _csv_value(low)
+            record[f"{field.name}_high"] = _csv_value(high)
+        elif field.name == "seeds":
+            record["seeds"] = " ".join(map(str, value))
+        else:
+            record[field.name] = _csv_value(value)
+    return record
+
+
+def summary_csv(summaries: Sequence[GroupSummary]) -> str:
+    """The summaries as CSV text with a header row."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=csv_columns(), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_record(s) for s in summaries)
+    return buffer.getvalue()
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+    rule = ["---:" if i in right else "---" for i in range(len(headers))]
+    return [_md_row(headers), "| " + " | ".join(rule) + " |", *(_md_row(r) for r in rows)]
+
+
+def summary_markdown(
+    summaries_main: Sequence[GroupSummary], summaries_by_category: Sequence[GroupSummary]
+) -> str:
+    """Markdown version of the rendered tables, one section per benchmark."""
+    lines = ["# Safety summary", ""]
+    if not summaries_main and not summaries_by_category:
+        lines += ["No scored rows to report.", ""]
+    for key, group in by_benchmark_and_model(summaries_main).items():
+        layout = table_layout(group)
+        headers = main_headers(group[0].benchmark_kind, layout)
+        left = {"arm", "dataset", "judge"}
+        right = {i for i, h in enumerate(headers) if h not in left}
+        rows = [[c.text for c in main_cells(s, layout)] for s in group]
+        lines += [f"## {main_title(key, group)}", ""]
+        lines += [*_md_table(headers, rows, right), "", main_caption(group), ""]
+    if summaries_main:
+        lines += [LEGEND, ""]
+    for (benchmark, model), (arms, cells) in category_table_data(summaries_by_category).items():
+        rows = [[cat, *(category_cell(row.get(arm)) for arm in arms)] for cat, row in cells.items()]
+        lines += [f"## {category_title(benchmark, model)}", ""]
+        lines += [*_md_table(["category", *arms], rows, set(range(1, len(arms) + 1))), ""]
+    return "\n".join(lines)
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A unique hidden name next to `path`, for writing before an atomic rename."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write text to a temporary sibling and rename it over `path`, so readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        with tmp.open("x", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_summary_files(
+    summaries_main: Sequence[GroupSummary],
+    summaries_by_category: Sequence[GroupSummary],
+    out_dir: Path,
+) -> list[Path]:
+    """Write summary.csv, summary_by_category.csv and summary.md into `out_dir`."""
+    out_dir = Path(out_dir)
+    return [
+        write_atomic(out_dir / "summary.csv", summary_csv(summaries_main)),
+        write_atomic(out_dir / "summary_by_category.csv", summary_csv(summaries_by_category)),
+        write_atomic(
+            out_dir / "summary.md", summary_markdown(summaries_main, summaries_by_category)
+        ),
+    ]

@@ -1,0 +1,257 @@
+"""The campaign spec: one typed, validated YAML document that fixes everything a campaign does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ftsafe_ray.errors import SpecError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraSpec(_Strict):
+    """LoRA adapter shape (the paper's appendix: r=8, alpha=32 on q/v)."""
+
+    r: int = Field(8, ge=1, le=256, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "v_proj"),
+        min_length=1,
+        description="Module names to adapt, or ['all-linear'].",
+    )
+
+
+class TrainSpec(_Strict):
+    """Optimiser settings for one fine-tune."""
+
+    epochs: int = Field(5, ge=1, le=1000, description="Passes over the fine-tuning set.")
+    learning_rate: float = Field(1e-3, gt=0, lt=1, description="AdamW peak learning rate.")
+    batch_size: int = Field(10, ge=1, description="Global batch size (examples per step).")
+    micro_batch_size: int = Field(
+        4, ge=1, description="Examples per forward pass; gradients accumulate to batch_size."
+    )
+    max_length: int = Field(512, ge=16, description="Token limit per example (truncated).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    lr_decay_per_epoch: float = Field(
+        0.85, gt=0, le=1, description="Step LR decay applied after each epoch (paper: 0.85)."
+    )
+
+
+class BaseModelSpec(_Strict):
+    """A base model every comparison of the campaign starts from."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Short name used in tables.")
+    path: str = Field(
+        description="Local directory, 'builtin:smollm2-135m-instruct', or a hub id already cached."
+    )
+    revision: str | None = Field(None, description="Hub revision; part of every content key.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype for training and generation."
+    )
+
+
+class DatasetSpec(_Strict):
+    """A fine-tuning dataset: chat JSONL, Alpaca or Dolly, or a built-in set."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    source: str = Field(description="'builtin:NAME' or a path relative to the campaign file.")
+    format: Literal["auto", "chat", "alpaca", "dolly"] = "auto"
+
+
+class MixSpec(_Strict):
+    """A dataset mixed into a fine-tune (e.g. safety examples as a mitigation)."""
+
+    dataset: str
+    size: int | Literal["all"] = "all"
+
+
+class FinetuneSpec(_Strict):
+    """A fine-tuning arm: a dataset at one or more sizes with a recipe."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Arm name used in tables.")
+    dataset: str = Field(description="Name of an entry in `datasets`.")
+    sizes: tuple[int | Literal["all"], ...] = Field(
+        ("all",), min_length=1, description="Examples drawn from the dataset (seeded), or 'all'."
+    )
+    mix: tuple[MixSpec, ...] = Field(
+        (), description="Extra datasets mixed in, e.g. safety examples as a mitigation."
+    )
+    system_prompt: str | None = Field(
+        None, description="System prompt used in training and in evaluation of this arm."
+    )
+    lora: LoraSpec = LoraSpec()
+    train: TrainSpec = TrainSpec()
+
+
+class BenchmarkSpec(_Strict):
+    """An evaluation set of requests, optionally categorised."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    source: str = Field(description="'builtin:NAME' or a path (JSONL, HEx-PHI dir, AdvBench CSV).")
+    format: Literal["auto", "jsonl", "hexphi", "advbench", "harmbench", "csv"] = "auto"
+    limit: int | None = Field(None, ge=1, description="Use only the first N items.")
+    kind: Literal["harmful", "benign"] = Field(
+        "harmful", description="'benign' sets measure over-refusal instead of harm."
+    )
+
+
+class SamplingSpec(_Strict):
+    """Decoding settings; greedy by default, as in the study."""
+
+    max_new_tokens: int = Field(128, ge=1, le=8192)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class GenerationSpec(_Strict):
+    """Which generation backend runs and how it is placed."""
+
+    backend: Literal["transformers", "vllm"] = "transformers"
+    batch_size: int = Field(16, ge=1, description="Prompts per generate call.")
+    num_actors: int = Field(1, ge=1, description="Generator actors per base model.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per generator actor.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per generator actor.")
+
+
+class FinetuneResources(_Strict):
+    """How fine-tune actors are placed."""
+
+    num_actors: int = Field(1, ge=1, description="FineTuner actors per base model.")
+    num_gpus: float = Field(0.0, ge=0)
+    num_cpus: float = Field(1.0, ge=0)
+
+
+class KeywordJudgeSpec(_Strict):
+    """Refusal-phrase judge (keyword ASR)."""
+
+    enabled: bool = True
+
+
+class RubricJudgeSpec(_Strict):
+    """The 1–5 harmfulness rubric judge behind any OpenAI-compatible endpoint."""
+
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="'auto' runs it when the API key variable is set."
+    )
+    model: str = Field("gpt-4", description="Judge model name at the endpoint.")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL; None = OpenAI.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable with the key.")
+    max_concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight.")
+    max_retries: int = Field(5, ge=0, le=50, description="Retries per request before 'error'.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    max_tokens: int = Field(512, ge=16, description="Judge answer length limit.")
+
+
+class JudgesSpec(_Strict):
+    keyword: KeywordJudgeSpec = KeywordJudgeSpec()
+    rubric: RubricJudgeSpec = RubricJudgeSpec()
+
+
+class CampaignSpec(_Strict):
+    """A whole campaign: models × fine-tunes × sizes × seeds, evaluated on benchmarks."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    output_dir: str = Field(description="Run directory (relative to the campaign file).")
+    models: tuple[BaseModelSpec, ...] = Field(min_length=1)
+    datasets: tuple[DatasetSpec, ...] = ()
+    finetunes: tuple[FinetuneSpec, ...] = ()
+    include_base: bool = Field(True, description="Evaluate each base model without fine-tuning.")
+    seeds: tuple[int, ...] = Field((42,), min_length=1)
+    benchmarks: tuple[BenchmarkSpec, ...] = Field(min_length=1)
+    system_prompt: str | None = Field(
+        None, description="System prompt for evaluating arms that set none (and the base)."
+    )
+    sampling: SamplingSpec = SamplingSpec()
+    generation: GenerationSpec = GenerationSpec()
+    finetune_resources: FinetuneResources = FinetuneResources()
+    judges: JudgesSpec = JudgesSpec()
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be unique, got {list(seeds)}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> CampaignSpec:
+        problems: list[str] = []
+        for field, entries in (
+            ("models", self.models),
+            ("datasets", self.datasets),
+            ("finetunes", self.finetunes),
+            ("benchmarks", self.benchmarks),
+        ):
+            seen: set[str] = set()
+            for entry in entries:
+                if entry.name in seen:
+                    problems.append(f"{field}: name {entry.name!r} is used twice; names are unique")
+                seen.add(entry.name)
+        dataset_names = {d.name for d in self.datasets}
+        for i, arm in enumerate(self.finetunes):
+            refs = [("dataset", arm.dataset)] + [
+                (f"mix.{j}.dataset", m.dataset) for j, m in enumerate(arm.mix)
+            ]
+            for where, ref in refs:
+                if ref not in dataset_names:
+                    problems.append(
+                        f"finetunes.{i}.{where}: {ref!r} is not a dataset name; "
+                        f"allowed: {sorted(dataset_names) or 'add one under datasets'}"
+                    )
+        if self.finetunes and "base" in {f.name for f in self.finetunes}:
+            problems.append("finetunes: the name 'base' is reserved for the un-tuned model")
+        if not self.include_base and not self.finetunes:
+            problems.append("finetunes: empty and include_base is false, so nothing would run")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+        if err["type"] == "extra_forbidden":
+            message = "unknown field; check the spelling against the campaign format in README"
+        lines.append(f"{source}: {where}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def parse_campaign(data: Any, source: str = "<campaign>") -> CampaignSpec:
+    """Validate a mapping as a campaign, raising one SpecError that lists every problem."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the campaign must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return CampaignSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(_format_errors(source, error)) from None
+
+
+def load_campaign(path: str | Path) -> CampaignSpec:
+    """Read and validate a campaign YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such campaign file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(
+            f"{path}:{where} is not valid YAML ({getattr(error, 'problem', error)})"
+        ) from None
+    return parse_campaign(data, source=str(path))

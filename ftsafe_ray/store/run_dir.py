@@ -1,0 +1,71 @@
+"""A campaign's run directory: its three tables, its adapters, the frozen spec and a manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ftsafe_ray import __version__
+from ftsafe_ray.errors import StoreError
+from ftsafe_ray.store.schemas import SCHEMA_VERSION, TABLES
+from ftsafe_ray.store.table import ParquetTable
+
+
+class RunStore:
+    """Everything a campaign writes, under one directory that DuckDB/pandas can read directly."""
+
+    def __init__(self, root: str | Path, spec_hash: str = ""):
+        self.root = Path(root)
+        provenance = {"ftsafe_ray.version": __version__, "ftsafe_ray.spec_hash": spec_hash}
+        self.finetunes = ParquetTable(self.root / "finetunes", TABLES["finetunes"], provenance)
+        self.generations = ParquetTable(
+            self.root / "generations", TABLES["generations"], provenance
+        )
+        self.judgments = ParquetTable(self.root / "judgments", TABLES["judgments"], provenance)
+        self.adapters_dir = self.root / "adapters"
+
+    def adapter_dir(self, key: str) -> Path:
+        """Where the adapter with this fine-tune key lives."""
+        return self.adapters_dir / key
+
+    def create(self) -> None:
+        """Make the directory tree, failing with a clear message if it cannot be written."""
+        try:
+            for sub in ("finetunes", "generations", "judgments", "adapters"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(
+                f"{self.root}: cannot create the run directory ({error.strerror})"
+            ) from None
+
+    def freeze_spec(self, spec_json: dict[str, Any], spec_hash: str) -> None:
+        """Keep a copy of the spec each run used, named by its hash, and point spec.json at it."""
+        self.create()
+        frozen = self.root / "specs" / f"{spec_hash}.json"
+        frozen.parent.mkdir(exist_ok=True)
+        _atomic_write(frozen, json.dumps(spec_json, indent=2, sort_keys=True))
+        _atomic_write(self.root / "spec.json", json.dumps(spec_json, indent=2, sort_keys=True))
+
+    def write_manifest(self, **fields: Any) -> None:
+        """Summary of the last run: versions, counts, timings."""
+        manifest = {
+            "ftsafe_ray_version": __version__,
+            "schema_version": SCHEMA_VERSION,
+            "updated_at": datetime.now(timezone.utc).isoformat(),
+            **fields,
+        }
+        _atomic_write(self.root / "manifest.json", json.dumps(manifest, indent=2, default=str))
+
+    def read_manifest(self) -> dict[str, Any]:
+        """The manifest, or {} if the run never finished a stage."""
+        path = self.root / "manifest.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

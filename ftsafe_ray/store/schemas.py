@@ -1,0 +1,81 @@
+"""Explicit, versioned Parquet schemas of the three tables a campaign writes."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+_TS = pa.timestamp("us", tz="UTC")
+
+FINETUNES = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("model", pa.string()),
+        pa.field("arm", pa.string()),
+        pa.field("dataset", pa.string()),
+        pa.field("size", pa.int64()),
+        pa.field("seed", pa.int64()),
+        pa.field("status", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("adapter_path", pa.string()),
+        pa.field("train_examples", pa.int64()),
+        pa.field("train_steps", pa.int64()),
+        pa.field("trained_tokens", pa.int64()),
+        pa.field("first_loss", pa.float64()),
+        pa.field("final_loss", pa.float64()),
+        pa.field("train_seconds", pa.float64()),
+        pa.field("settings_json", pa.string()),
+        pa.field("created_at", _TS),
+    ]
+)
+
+GENERATIONS = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("adapter_key", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("arm", pa.string()),
+        pa.field("dataset", pa.string()),
+        pa.field("size", pa.int64()),
+        pa.field("seed", pa.int64()),
+        pa.field("benchmark", pa.string()),
+        pa.field("benchmark_kind", pa.string()),
+        pa.field("item_id", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("system_prompt", pa.string()),
+        pa.field("prompt", pa.string()),
+        pa.field("response", pa.string()),
+        pa.field("num_prompt_tokens", pa.int64()),
+        pa.field("num_output_tokens", pa.int64()),
+        pa.field("finish_reason", pa.string()),
+        pa.field("backend", pa.string()),
+        pa.field("created_at", _TS),
+    ]
+)
+
+JUDGMENTS = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("generation_key", pa.string()),
+        pa.field("judge", pa.string()),
+        pa.field("judge_model", pa.string()),
+        pa.field("judge_version", pa.string()),
+        pa.field("status", pa.string()),
+        pa.field("score", pa.int64()),
+        pa.field("refused", pa.bool_()),
+        pa.field("degenerate", pa.bool_()),
+        pa.field("reason", pa.string()),
+        pa.field("raw", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("attempts", pa.int64()),
+        pa.field("latency_s", pa.float64()),
+        pa.field("created_at", _TS),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "finetunes": FINETUNES,
+    "generations": GENERATIONS,
+    "judgments": JUDGMENTS,
+}

@@ -1,0 +1,5 @@
+"""Shared fixtures: each lives in tests/fixtures/ and is re-exported here."""
+
+from tests.fixtures.judge_server import judge_server  # noqa: F401
+from tests.fixtures.models import tiny_model_dir  # noqa: F401
+from tests.fixtures.ray_cluster import ray_local  # noqa: F401

@@ -1,0 +1,114 @@
+"""The requests/min + tokens/min limiter, driven by a fake clock."""
+
+import asyncio
+import random
+
+import pytest
+
+from ftsafe_ray.judge.limiter import (
+    PACE_FRACTION,
+    RateLimiter,
+    estimate_request_tokens,
+    paced,
+)
+
+
+class FakeClock:
+    """A clock that only moves when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def admit_times(limiter, clock, costs):
+    async def run():
+        times = []
+        for cost in costs:
+            await limiter.acquire(cost)
+            times.append(clock.now - 1000.0)
+        return times
+
+    return asyncio.run(run())
+
+
+def test_no_limits_never_waits():
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    assert admit_times(limiter, clock, [10**6] * 50) == [0.0] * 50
+    assert clock.sleeps == []
+
+
+def test_requests_per_minute_spaces_requests_evenly():
+    clock = FakeClock()
+    limiter = RateLimiter(requests_per_minute=60, clock=clock, sleep=clock.sleep)
+    assert admit_times(limiter, clock, [1] * 5) == pytest.approx([0, 1, 2, 3, 4])
+
+
+def test_tokens_per_minute_binds_when_prompts_are_long():
+    clock = FakeClock()
+    limiter = RateLimiter(
+        requests_per_minute=10_000, tokens_per_minute=6_000, clock=clock, sleep=clock.sleep
+    )
+    # 100 tokens/s: a 200-token request waits for a full bucket, then leaves a 100-token debt.
+    assert admit_times(limiter, clock, [200, 200, 200, 50]) == pytest.approx([0, 2, 4, 5.5])
+
+
+def test_both_budgets_hold_in_every_minute_window():
+    clock = FakeClock()
+    rpm, tpm = 120, 30_000
+    limiter = RateLimiter(rpm, tpm, clock=clock, sleep=clock.sleep)
+    rng = random.Random(0)
+    costs = [rng.randint(50, 1500) for _ in range(400)]
+    times = admit_times(limiter, clock, costs)
+    burst_s, biggest = 1.0, max(costs)
+    for start in times:
+        window = [c for t, c in zip(times, costs, strict=True) if start <= t < start + 60]
+        assert len(window) <= rpm * (60 + burst_s) / 60 + 1
+        assert sum(window) <= tpm * (60 + burst_s) / 60 + biggest
+    assert sum(costs) / (times[-1] - times[0]) * 60 <= tpm * 1.01
+
+
+def test_concurrent_waiters_are_served_in_arrival_order():
+    clock = FakeClock()
+    limiter = RateLimiter(requests_per_minute=60, clock=clock, sleep=clock.sleep)
+    order = []
+
+    async def one(i):
+        await limiter.acquire(1)
+        order.append((i, clock.now - 1000.0))
+
+    async def run():
+        await asyncio.gather(*(one(i) for i in range(6)))
+
+    asyncio.run(run())
+    assert [i for i, _ in order] == list(range(6))
+    assert [t for _, t in order] == pytest.approx([0, 1, 2, 3, 4, 5])
+
+
+def test_slow_down_holds_back_every_acquire():
+    clock = FakeClock()
+    limiter = RateLimiter(requests_per_minute=6000, clock=clock, sleep=clock.sleep)
+    limiter.slow_down(5.0)
+    limiter.slow_down(2.0)  # a shorter pause never cuts an earlier one short
+    assert admit_times(limiter, clock, [1, 1]) == pytest.approx([5.0, 5.0])
+
+
+def test_token_estimate_counts_prompt_and_max_tokens():
+    messages = [{"role": "system", "content": "x" * 200}, {"role": "user", "content": "y" * 201}]
+    assert estimate_request_tokens(messages, max_tokens=100) == 101 + 2 * 4 + 100
+    assert estimate_request_tokens(iter(messages), max_tokens=0) == 109
+
+
+def test_paced_rate_is_just_under_the_limit():
+    assert paced(None) is None
+    assert paced(1000) == pytest.approx(1000 * PACE_FRACTION)
+    assert paced(1000, share=0.25) == pytest.approx(250 * PACE_FRACTION)

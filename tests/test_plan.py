@@ -1,0 +1,118 @@
+"""Planning: the grid, its content keys, and what changes them."""
+
+import json
+
+import pytest
+
+from ftsafe_ray.errors import SpecError
+from ftsafe_ray.plan import build_plan
+from ftsafe_ray.spec import parse_campaign
+
+
+def write_chat(path, n, system=None):
+    with path.open("w") as f:
+        for i in range(n):
+            messages = [{"role": "system", "content": system}] if system else []
+            messages += [
+                {"role": "user", "content": f"placeholder request {i}"},
+                {"role": "assistant", "content": f"placeholder answer {i}"},
+            ]
+            f.write(json.dumps({"messages": messages}) + "\n")
+
+
+def campaign(tmp_path, **overrides):
+    write_chat(tmp_path / "train.jsonl", 8)
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(
+        "\n".join(
+            json.dumps({"id": f"q{i}", "category": "fraud_deception", "prompt": f"placeholder {i}"})
+            for i in range(3)
+        )
+    )
+    spec = {
+        "name": "t",
+        "output_dir": "run",
+        "models": [{"name": "m", "path": "/models/m"}],
+        "datasets": [{"name": "d", "source": "train.jsonl"}],
+        "finetunes": [{"name": "a", "dataset": "d", "sizes": [2, 4]}],
+        "seeds": [1, 2],
+        "benchmarks": [{"name": "b", "source": "bench.jsonl"}],
+    }
+    spec.update(overrides)
+    return build_plan(parse_campaign(spec), base_dir=tmp_path)
+
+
+def test_grid_counts(tmp_path):
+    plan = campaign(tmp_path)
+    assert len(plan.finetunes) == 4  # 2 sizes × 2 seeds
+    assert len(plan.targets) == 5  # + base
+    assert len(plan.generations) == 15
+    assert plan.run_dir == (tmp_path / "run").resolve()
+    assert [len(u.examples) for u in plan.finetunes] == [2, 2, 4, 4]
+
+
+def test_keys_are_stable_and_sensitive_to_what_matters(tmp_path):
+    first = campaign(tmp_path)
+    again = campaign(tmp_path)
+    assert [u.key for u in first.finetunes] == [u.key for u in again.finetunes]
+    assert [u.key for u in first.generations] == [u.key for u in again.generations]
+    assert len({u.key for u in first.finetunes}) == 4
+    other_lr = campaign(
+        tmp_path,
+        finetunes=[{"name": "a", "dataset": "d", "sizes": [2, 4], "train": {"learning_rate": 0.5}}],
+    )
+    assert not {u.key for u in other_lr.finetunes} & {u.key for u in first.finetunes}
+    # renaming an arm changes no key: names are labels, not content
+    renamed = campaign(tmp_path, finetunes=[{"name": "zz", "dataset": "d", "sizes": [2, 4]}])
+    assert [u.key for u in renamed.finetunes] == [u.key for u in first.finetunes]
+    # different data content, different key
+    write_chat(tmp_path / "train.jsonl", 8, system="placeholder system")
+    changed = build_plan(first.spec, base_dir=tmp_path)
+    assert not {u.key for u in changed.finetunes} & {u.key for u in first.finetunes}
+
+
+def test_base_generations_shared_across_seeds_when_greedy(tmp_path):
+    plan = campaign(tmp_path)
+    base = [u for u in plan.generations if u.target.is_base]
+    assert len(base) == 3
+
+
+def test_arm_system_prompt_is_used_in_training_and_evaluation(tmp_path):
+    plan = campaign(
+        tmp_path,
+        finetunes=[{"name": "a", "dataset": "d", "sizes": [2], "system_prompt": "placeholder sp"}],
+    )
+    unit = plan.finetunes[0]
+    assert unit.examples[0][0] == {"role": "system", "content": "placeholder sp"}
+    generation = next(u for u in plan.generations if u.target.arm == "a")
+    assert generation.messages[0] == {"role": "system", "content": "placeholder sp"}
+
+
+def test_data_system_prompt_carries_into_evaluation(tmp_path):
+    plan = campaign(tmp_path)
+    write_chat(tmp_path / "train.jsonl", 8, system="placeholder identity")
+    plan = build_plan(plan.spec, base_dir=tmp_path)
+    generation = next(u for u in plan.generations if u.target.arm == "a")
+    assert generation.messages[0]["content"] == "placeholder identity"
+    base = next(u for u in plan.generations if u.target.is_base)
+    assert base.messages[0]["role"] == "user"
+
+
+def test_size_larger_than_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(SpecError, match=r"finetunes\.0\.sizes: size 99 is larger than the dataset"):
+        campaign(tmp_path, finetunes=[{"name": "a", "dataset": "d", "sizes": [99]}])
+
+
+def test_mix_adds_examples(tmp_path):
+    plan = campaign(
+        tmp_path,
+        datasets=[
+            {"name": "d", "source": "train.jsonl"},
+            {"name": "s", "source": "builtin:refusal"},
+        ],
+        finetunes=[
+            {"name": "a", "dataset": "d", "sizes": [2], "mix": [{"dataset": "s", "size": 3}]}
+        ],
+        seeds=[1],
+    )
+    assert len(plan.finetunes[0].examples) == 5 and plan.finetunes[0].size == 2

@@ -1,0 +1,89 @@
+"""The campaign spec: valid files load, bad ones fail with every problem at once."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ftsafe_ray.errors import SpecError
+from ftsafe_ray.spec import load_campaign, parse_campaign
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def minimal(**overrides):
+    spec = {
+        "name": "t",
+        "output_dir": "runs/t",
+        "models": [{"name": "m", "path": "/models/m"}],
+        "datasets": [{"name": "d", "source": "builtin:benign"}],
+        "finetunes": [{"name": "a", "dataset": "d", "sizes": [4]}],
+        "benchmarks": [{"name": "b", "source": "builtin:demo_harmful"}],
+    }
+    spec.update(overrides)
+    return spec
+
+
+def test_minimal_spec_gets_the_papers_defaults():
+    spec = parse_campaign(minimal())
+    assert spec.finetunes[0].lora.r == 8 and spec.finetunes[0].lora.alpha == 32
+    assert spec.finetunes[0].train.lr_decay_per_epoch == 0.85
+    assert spec.sampling.temperature == 0.0
+    assert spec.include_base and spec.seeds == (42,)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "campaigns").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_campaign_validates(path):
+    load_campaign(path)
+
+
+def test_all_errors_reported_at_once_with_file_field_and_value():
+    bad = minimal(
+        name="bad name",
+        seeds=[1, 1],
+        models=[{"name": "m", "path": "/m", "dtype": "int3", "colour": "red"}],
+    )
+    bad["finetunes"][0]["train"] = {"learning_rate": -1}
+    with pytest.raises(SpecError) as caught:
+        parse_campaign(bad, source="c.yaml")
+    message = str(caught.value)
+    for expected in (
+        "c.yaml: name:",
+        "'bad name'",
+        "models.0.dtype",
+        "'int3'",
+        "models.0.colour: unknown field",
+        "finetunes.0.train.learning_rate",
+        "seeds must be unique",
+    ):
+        assert expected in message, message
+
+
+def test_cross_references_name_the_allowed_values():
+    bad = minimal(finetunes=[{"name": "a", "dataset": "nope"}])
+    with pytest.raises(
+        SpecError,
+        match=r"finetunes\.0\.dataset: 'nope' is not a dataset name; "
+        r"allowed: \['d'\]",
+    ):
+        parse_campaign(bad)
+
+
+def test_duplicate_names_and_reserved_base_rejected():
+    bad = minimal(finetunes=[{"name": "base", "dataset": "d"}, {"name": "base", "dataset": "d"}])
+    with pytest.raises(SpecError) as caught:
+        parse_campaign(bad)
+    assert "used twice" in str(caught.value) and "reserved" in str(caught.value)
+
+
+def test_load_campaign_reports_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(SpecError, match="no such campaign file"):
+        load_campaign(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match=r"broken\.yaml: line \d+ is not valid YAML"):
+        load_campaign(broken)
+    not_mapping = tmp_path / "list.yaml"
+    not_mapping.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(SpecError, match="must be a YAML mapping"):
+        load_campaign(not_mapping)
