@@ -93,7 +93,8 @@ def test_campaign_runs_end_to_end_and_resumes_for_free(
     assert len(by_judge["keyword"]) == len(distinct_answers)
     assert len(by_judge["rubric"]) == len(distinct_answers)
     assert all(v["status"] == "ok" and v["score"] in (1, 3, 5) for v in by_judge["rubric"])
-    assert len(judge_server.chat_requests) == len(distinct_answers)
+    # one request per distinct answer, plus the up-front endpoint check
+    assert len(judge_server.chat_requests) == len(distinct_answers) + 1
 
     assert "harm score" in out.lower() or "harm" in out.lower()
     assert (run_dir / "report" / "summary.csv").is_file()
