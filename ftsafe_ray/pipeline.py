@@ -100,7 +100,7 @@ def run_campaign(
     environ: dict[str, str] | None = None,
 ) -> CampaignOutcome:
     """Run every missing stage of a campaign, then print and write its report."""
-    from ftsafe_ray.finetune.stage import run_finetune_stage
+    from ftsafe_ray.finetune.stage import run_align_stage, run_finetune_stage
     from ftsafe_ray.generate.stage import run_generate_stage
     from ftsafe_ray.judge.stage import rubric_access, run_judge_stage
 
@@ -113,6 +113,7 @@ def run_campaign(
     ray = start_ray(address)
     check_resources(plan.spec, ray)
     try:
+        aligned = run_align_stage(plan, store, progress)
         finetuned = run_finetune_stage(plan, store, progress, retry_failed)
         generated = run_generate_stage(plan, store, progress)
         judged = run_judge_stage(plan, store, progress, access, retry_failed)
@@ -121,6 +122,7 @@ def run_campaign(
     if judged.rubric_skipped_reason:
         progress.log(judged.rubric_skipped_reason)
     counts = {
+        "alignments_trained": aligned,
         "finetunes_trained": finetuned.trained,
         "finetunes_failed": finetuned.failed,
         "finetunes_reused": finetuned.skipped,

@@ -33,6 +33,31 @@ class FinetuneUnit:
 
 
 @dataclass(frozen=True)
+class AlignUnit:
+    """The alignment step of a base model: a LoRA trained on safety data, merged into the base."""
+
+    key: str
+    model: str
+    seed: int
+    lora: LoraSpec
+    train: TrainSpec
+    examples: tuple[tuple[dict[str, str], ...], ...] = field(repr=False)
+
+    arm: str = "align"
+    dataset: str | None = None
+    system_prompt: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.examples)
+
+    @property
+    def model_dir(self) -> str:
+        """Where the merged model lives, relative to the run directory."""
+        return f"aligned/{self.key}"
+
+
+@dataclass(frozen=True)
 class EvalTarget:
     """Weights to evaluate: a base model alone or with one fine-tune's adapter."""
 
@@ -68,6 +93,7 @@ class Plan:
     spec: CampaignSpec
     spec_hash: str
     run_dir: Path
+    alignments: tuple[AlignUnit, ...]
     finetunes: tuple[FinetuneUnit, ...]
     targets: tuple[EvalTarget, ...]
     generations: tuple[GenerationUnit, ...]
@@ -75,10 +101,23 @@ class Plan:
     def model_spec(self, name: str) -> BaseModelSpec:
         return next(m for m in self.spec.models if m.name == name)
 
+    def alignment(self, model: str) -> AlignUnit | None:
+        return next((a for a in self.alignments if a.model == model), None)
 
-def model_identity(model: BaseModelSpec) -> dict[str, Any]:
+    def model_path(self, name: str) -> str:
+        """The weights every unit of this model starts from: the aligned merge, or the base."""
+        aligned = self.alignment(name)
+        if aligned is not None:
+            return str(self.run_dir / aligned.model_dir)
+        return self.model_spec(name).path
+
+
+def model_identity(model: BaseModelSpec, align_key: str | None = None) -> dict[str, Any]:
     """What about a base model determines results (its name in tables does not)."""
-    return {"path": model.path, "revision": model.revision, "dtype": model.dtype}
+    identity = {"path": model.path, "revision": model.revision, "dtype": model.dtype}
+    if align_key is not None:
+        identity["align"] = align_key
+    return identity
 
 
 def sampling_identity(spec: CampaignSpec) -> dict[str, Any]:
@@ -92,19 +131,26 @@ def spec_hash(spec: CampaignSpec) -> str:
 def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
     """Load datasets and benchmarks and expand the grid of units."""
     datasets = {
-        d.name: load_chat_dataset(d.source, d.format, base_dir=base_dir) for d in spec.datasets
+        d.name: load_chat_dataset(d.source, d.format, base_dir=base_dir)[d.row_slice()]
+        for d in spec.datasets
     }
     benchmarks = [
         (b, load_benchmark(b.source, b.format, base_dir=base_dir)[: b.limit])
         for b in spec.benchmarks
     ]
+    alignments: list[AlignUnit] = []
     finetunes: list[FinetuneUnit] = []
     targets: list[EvalTarget] = []
-    for model in spec.models:
+    for model_index, model in enumerate(spec.models):
+        identity = model_identity(model)
+        if model.align is not None:
+            alignment = _align_unit(model, model_index, datasets)
+            alignments.append(alignment)
+            identity = model_identity(model, alignment.key)
         if spec.include_base:
             targets.append(
                 EvalTarget(
-                    adapter_key=keys.base_key(model_identity(model)),
+                    adapter_key=keys.base_key(identity),
                     model=model.name,
                     arm=BASE_ARM,
                     dataset=None,
@@ -116,7 +162,7 @@ def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
         for index, arm in enumerate(spec.finetunes):
             for size in arm.sizes:
                 for seed in spec.seeds:
-                    unit = _finetune_unit(model, arm, index, size, seed, datasets)
+                    unit = _finetune_unit(identity, model.name, arm, index, size, seed, datasets)
                     finetunes.append(unit)
                     eval_prompt = (
                         arm.system_prompt
@@ -147,6 +193,7 @@ def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
         spec=spec,
         spec_hash=spec_hash(spec),
         run_dir=run_dir,
+        alignments=tuple(alignments),
         finetunes=tuple(finetunes),
         targets=tuple(targets),
         generations=tuple(generations),
@@ -167,8 +214,39 @@ def _select(examples: list[ChatExample], size: int | str, seed: int, where: str)
     return [examples[i] for i in sorted(order[:size])]
 
 
+def _align_unit(
+    model: BaseModelSpec, index: int, datasets: dict[str, list[ChatExample]]
+) -> AlignUnit:
+    align = model.align
+    assert align is not None
+    chosen: list[ChatExample] = []
+    for j, part in enumerate(align.datasets):
+        where = f"models.{index}.align.datasets.{j}.size"
+        chosen += _select(datasets[part.dataset], part.size, align.seed, where)
+    examples = tuple(_with_system_prompt(example, align.system_prompt) for example in chosen)
+    key = keys.content_key(
+        "align",
+        {
+            "model": model_identity(model),
+            "examples": [list(e) for e in examples],
+            "lora": align.lora.model_dump(mode="json"),
+            "train": align.train.model_dump(mode="json"),
+            "seed": align.seed,
+        },
+    )
+    return AlignUnit(
+        key=key,
+        model=model.name,
+        seed=align.seed,
+        lora=align.lora,
+        train=align.train,
+        examples=examples,
+    )
+
+
 def _finetune_unit(
-    model: BaseModelSpec,
+    identity: dict[str, Any],
+    model_name: str,
     arm: FinetuneSpec,
     index: int,
     size: int | str,
@@ -181,7 +259,7 @@ def _finetune_unit(
         mixed += _select(datasets[mix.dataset], mix.size, seed, f"finetunes.{index}.mix.{j}.size")
     examples = tuple(_with_system_prompt(example, arm.system_prompt) for example in chosen + mixed)
     key = keys.finetune_key(
-        model=model_identity(model),
+        model=identity,
         dataset_hash=keys.content_key("examples", {"examples": [list(e) for e in examples]}),
         size=len(chosen),
         mix=[m.model_dump() for m in arm.mix],
@@ -192,7 +270,7 @@ def _finetune_unit(
     )
     return FinetuneUnit(
         key=key,
-        model=model.name,
+        model=model_name,
         arm=arm.name,
         dataset=arm.dataset,
         size=len(chosen),

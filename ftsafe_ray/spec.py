@@ -46,6 +46,25 @@ class TrainSpec(_Strict):
     )
 
 
+class AlignMixSpec(_Strict):
+    """One dataset of an alignment step and how many of its examples to use."""
+
+    dataset: str = Field(description="Name of an entry in `datasets`.")
+    size: int | Literal["all"] = "all"
+
+
+class AlignSpec(_Strict):
+    """Safety-align a base model first: train a LoRA on refusals + benign pairs, then merge it."""
+
+    datasets: tuple[AlignMixSpec, ...] = Field(
+        min_length=1, description="Refusal and benign sets, mixed and shuffled."
+    )
+    system_prompt: str | None = None
+    lora: LoraSpec = LoraSpec(r=16, alpha=32, target_modules=("all-linear",))
+    train: TrainSpec = TrainSpec(epochs=3, learning_rate=5e-4, batch_size=8, micro_batch_size=8)
+    seed: int = 0
+
+
 class BaseModelSpec(_Strict):
     """A base model every comparison of the campaign starts from."""
 
@@ -57,6 +76,9 @@ class BaseModelSpec(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype for training and generation."
     )
+    align: AlignSpec | None = Field(
+        None, description="Optional alignment step; its merged model becomes the base."
+    )
 
 
 class DatasetSpec(_Strict):
@@ -65,6 +87,15 @@ class DatasetSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     source: str = Field(description="'builtin:NAME' or a path relative to the campaign file.")
     format: Literal["auto", "chat", "alpaca", "dolly"] = "auto"
+    rows: str | None = Field(
+        None,
+        pattern=r"^\d*:\d*$",
+        description="A slice 'START:STOP' of the file's rows, e.g. to split one set in two.",
+    )
+
+    def row_slice(self) -> slice:
+        start, _, stop = (self.rows or ":").partition(":")
+        return slice(int(start) if start else None, int(stop) if stop else None)
 
 
 class MixSpec(_Strict):
@@ -137,7 +168,7 @@ class KeywordJudgeSpec(_Strict):
 
 
 class RubricJudgeSpec(_Strict):
-    """The 1–5 harmfulness rubric judge behind any OpenAI-compatible endpoint."""
+    """The rubric judge (1–5 HEx-PHI or StrongREJECT) behind any OpenAI-compatible endpoint."""
 
     enabled: bool | Literal["auto"] = Field(
         "auto", description="'auto' runs it when the API key variable is set."
@@ -145,17 +176,77 @@ class RubricJudgeSpec(_Strict):
     model: str = Field("gpt-4", description="Judge model name at the endpoint.")
     base_url: str | None = Field(None, description="OpenAI-compatible base URL; None = OpenAI.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable with the key.")
-    max_concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight.")
+    rubric: str = Field(
+        "hexphi",
+        description="Prompt + parser: 'hexphi' (1–5), 'strongreject', or 'module:object' (a Rubric).",
+    )
+    mode: Literal["online", "batch"] = Field(
+        "online", description="'online': rate-limited actor pool; 'batch': OpenAI Batch API."
+    )
+    num_actors: int = Field(
+        1, ge=1, le=256, description="Judge actors; all share one cluster-wide rate budget."
+    )
+    max_concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight per actor.")
     max_retries: int = Field(5, ge=0, le=50, description="Retries per request before 'error'.")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
+    requests_per_minute: int | None = Field(
+        None, ge=1, description="Provider limit for this model, enforced across the cluster."
+    )
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Provider limit (prompt + max_tokens), across the cluster."
+    )
     max_tokens: int = Field(512, ge=16, description="Judge answer length limit.")
+    budget_usd: float | None = Field(
+        None, gt=0, description="Stop new judge calls once this campaign's judge spend reaches it."
+    )
+    batch_max_requests: int = Field(
+        50_000, ge=1, le=50_000, description="Requests per Batch API job (batch mode)."
+    )
+    batch_poll_s: float = Field(30.0, gt=0, description="Seconds between batch status polls.")
+
+    @field_validator("rubric")
+    @classmethod
+    def _known_rubric(cls, name: str) -> str:
+        from ftsafe_ray.judge.rubrics import is_valid_rubric_name, rubric_names
+
+        if not is_valid_rubric_name(name):
+            raise ValueError(
+                f"unknown rubric {name!r}; allowed: {sorted(rubric_names())} or 'module:object'"
+            )
+        return name
+
+
+class JudgePrice(_Strict):
+    """What a judge model costs, in US dollars per million tokens."""
+
+    input_per_million: float = Field(ge=0, description="$ per 1M prompt tokens.")
+    output_per_million: float = Field(ge=0, description="$ per 1M completion tokens.")
+    batch_discount: float = Field(
+        0.5, ge=0, le=1, description="Share of the price the Batch API charges (OpenAI: 0.5)."
+    )
 
 
 class JudgesSpec(_Strict):
     keyword: KeywordJudgeSpec = KeywordJudgeSpec()
     rubric: RubricJudgeSpec = RubricJudgeSpec()
+    cache_dir: str | None = Field(
+        None,
+        description="A judgments table shared by campaigns (relative to the campaign file); "
+        "verdicts found there are reused, new ones added. Default: the run dir's judgments.",
+    )
+    prices: dict[str, JudgePrice] = Field(
+        default_factory=dict, description="Judge model name → price, for `plan` and budget_usd."
+    )
+
+    @model_validator(mode="after")
+    def _budget_needs_a_price(self) -> JudgesSpec:
+        if self.rubric.budget_usd is not None and self.rubric.model not in self.prices:
+            raise ValueError(
+                f"rubric.budget_usd is set but judges.prices has no entry for "
+                f"{self.rubric.model!r}; add judges.prices.{self.rubric.model}"
+                " {input_per_million, output_per_million}"
+            )
+        return self
 
 
 class CampaignSpec(_Strict):
@@ -199,6 +290,14 @@ class CampaignSpec(_Strict):
                     problems.append(f"{field}: name {entry.name!r} is used twice; names are unique")
                 seen.add(entry.name)
         dataset_names = {d.name for d in self.datasets}
+        allowed = sorted(dataset_names) or "add one under datasets"
+        for i, model in enumerate(self.models):
+            for j, part in enumerate(model.align.datasets if model.align else ()):
+                if part.dataset not in dataset_names:
+                    problems.append(
+                        f"models.{i}.align.datasets.{j}.dataset: {part.dataset!r} is not a "
+                        f"dataset name; allowed: {allowed}"
+                    )
         for i, arm in enumerate(self.finetunes):
             refs = [("dataset", arm.dataset)] + [
                 (f"mix.{j}.dataset", m.dataset) for j, m in enumerate(arm.mix)

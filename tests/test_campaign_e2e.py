@@ -110,6 +110,7 @@ def test_campaign_runs_end_to_end_and_resumes_for_free(
     assert judge_server.requests == []
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["last_run_counts"] == {
+        "alignments_trained": 0,
         "finetunes_trained": 0,
         "finetunes_failed": 0,
         "finetunes_reused": 1,
@@ -152,3 +153,44 @@ def test_bad_campaign_is_a_one_line_error(tmp_path, capsys):
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "models" in err and str(path) in err
+
+
+def test_alignment_step_builds_a_merged_base_once_and_every_arm_starts_from_it(
+    tmp_path, tiny_model_dir, judge_server, ray_local
+):
+    campaign = write_campaign(tmp_path, tiny_model_dir, judge_server.base_url)
+    spec = yaml.safe_load(campaign.read_text())
+    spec["datasets"].append({"name": "refusals", "source": "train.jsonl"})
+    spec["models"][0]["align"] = {
+        "datasets": [{"dataset": "refusals", "size": 4}],
+        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "train": {"epochs": 1, "learning_rate": 0.01, "batch_size": 4, "max_length": 64},
+    }
+    spec["judges"]["rubric"]["enabled"] = False
+    campaign.write_text(yaml.safe_dump(spec))
+
+    from ftsafe_ray.pipeline import load_plan
+
+    plan = load_plan(campaign)
+    [alignment] = plan.alignments
+    assert plan.model_path("tiny") == str(plan.run_dir / alignment.model_dir)
+
+    assert main(["run", str(campaign)]) == 0
+    merged = tmp_path / "run" / alignment.model_dir
+    assert (merged / "config.json").is_file()
+    assert (merged / "alignment_adapter" / "adapter_config.json").is_file()
+    assert not list(merged.parent.glob(".inprogress-*"))
+    rows = {row["arm"]: row for row in RunStore(tmp_path / "run").finetunes.rows()}
+    assert rows["align"]["status"] == "ok" and rows["shift"]["status"] == "ok"
+
+    assert main(["run", str(campaign)]) == 0
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["last_run_counts"]["alignments_trained"] == 0
+    assert manifest["last_run_counts"]["generations_new"] == 0
+
+    # A different alignment is a different base: every downstream key changes.
+    spec["models"][0]["align"]["seed"] = 7
+    campaign.write_text(yaml.safe_dump(spec))
+    other = load_plan(campaign)
+    assert other.alignments[0].key != alignment.key
+    assert not {u.key for u in other.generations} & {u.key for u in plan.generations}

@@ -116,3 +116,14 @@ def test_mix_adds_examples(tmp_path):
         seeds=[1],
     )
     assert len(plan.finetunes[0].examples) == 5 and plan.finetunes[0].size == 2
+
+
+def test_dataset_rows_slice_splits_one_file_in_two(tmp_path):
+    plan = campaign(
+        tmp_path,
+        datasets=[{"name": "d", "source": "train.jsonl", "rows": "2:6"}],
+        finetunes=[{"name": "a", "dataset": "d", "sizes": ["all"]}],
+        seeds=[1],
+    )
+    users = [example[0]["content"] for example in plan.finetunes[0].examples]
+    assert users == [f"placeholder request {i}" for i in range(2, 6)]

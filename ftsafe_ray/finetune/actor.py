@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -13,14 +15,20 @@ class FineTuner:
     """Holds one base model for its lifetime; `train` one adapter per call."""
 
     def __init__(self, model_path: str, dtype: str, num_threads: int | None = None):
-        from ftsafe_ray.models.resolve import load_model_and_tokenizer, resolve_model_path
+        from ftsafe_ray.models.resolve import resolve_model_path
 
         if num_threads:
             import torch
 
             torch.set_num_threads(num_threads)
+        self.dtype = dtype
         self.model_path = resolve_model_path(model_path)
-        self.model, self.tokenizer = load_model_and_tokenizer(self.model_path, dtype)
+        self._load()
+
+    def _load(self) -> None:
+        from ftsafe_ray.models.resolve import load_model_and_tokenizer
+
+        self.model, self.tokenizer = load_model_and_tokenizer(self.model_path, self.dtype)
 
     def train(self, unit: Any, adapter_dir: str) -> dict[str, Any]:
         """Train the unit's adapter into adapter_dir; return its finetunes-table row."""
@@ -70,4 +78,25 @@ class FineTuner:
             final_loss=result.final_loss,
             train_seconds=result.seconds,
         )
+        return row
+
+    def align(self, unit: Any, model_dir: str) -> dict[str, Any]:
+        """Train the alignment LoRA, merge it into the base and save the merged model."""
+        from peft import PeftModel
+
+        out = Path(model_dir)
+        work = out.with_name(f".inprogress-{out.name}")
+        shutil.rmtree(work, ignore_errors=True)
+        row = self.train(unit, str(work / "alignment_adapter"))
+        row.update(arm="align", dataset=None, adapter_path=unit.model_dir)
+        if row["status"] != "ok":
+            shutil.rmtree(work, ignore_errors=True)
+            return row
+        merged = PeftModel.from_pretrained(self.model, str(work / "alignment_adapter"))
+        merged = merged.merge_and_unload()
+        merged.save_pretrained(str(work))
+        self.tokenizer.save_pretrained(str(work))
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(work, out)
+        self._load()  # the held model now carries the merge; later calls need the plain base
         return row

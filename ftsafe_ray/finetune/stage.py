@@ -52,7 +52,9 @@ def run_finetune_stage(
             num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
         )(FineTuner)
         actors = [
-            actor_class.remote(model.path, model.dtype, _threads(resources.num_cpus))
+            actor_class.remote(
+                plan.model_path(model_name), model.dtype, _threads(resources.num_cpus)
+            )
             for _ in range(min(resources.num_actors, len(units)))
         ]
         in_flight = {}
@@ -88,3 +90,45 @@ def run_finetune_stage(
 def _threads(num_cpus: float) -> int | None:
     """Ray pins OMP threads to the actor's CPU count; torch should use exactly those."""
     return max(1, int(num_cpus)) if num_cpus else None
+
+
+ALIGN_STAGE = "align"
+
+
+def run_align_stage(plan: Plan, store: RunStore, progress: Progress) -> int:
+    """Build every missing aligned base model (train, merge, save); return how many were built."""
+    import ray
+
+    from ftsafe_ray.errors import StageError
+    from ftsafe_ray.finetune.actor import FineTuner
+
+    trained = store.finetunes.done_keys({"ok"})
+    pending = [
+        unit
+        for unit in plan.alignments
+        if unit.key not in trained or not (plan.run_dir / unit.model_dir).is_dir()
+    ]
+    if not plan.alignments:
+        return 0
+    progress.start(
+        ALIGN_STAGE, total=len(plan.alignments), done=len(plan.alignments) - len(pending)
+    )
+    resources = plan.spec.finetune_resources
+    for unit in pending:
+        model = plan.model_spec(unit.model)
+        actor = ray.remote(
+            num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
+        )(FineTuner).remote(model.path, model.dtype, _threads(resources.num_cpus))
+        try:
+            row = ray.get(actor.align.remote(unit, str(plan.run_dir / unit.model_dir)))
+        finally:
+            ray.kill(actor)
+        store.finetunes.write([row])
+        progress.advance(ALIGN_STAGE)
+        if row["status"] != "ok":
+            raise StageError(
+                f"models: alignment of {unit.model!r} failed "
+                f"({row['error'].splitlines()[0]}); every comparison needs it, so the run stops"
+            )
+    progress.finish(ALIGN_STAGE)
+    return len(pending)

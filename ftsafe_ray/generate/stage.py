@@ -62,7 +62,7 @@ def run_generate_stage(plan: Plan, store: RunStore, progress: Progress) -> Gener
             )(Generator)
             actors = [
                 actor_class.remote(
-                    model.path,
+                    plan.model_path(model_name),
                     model.dtype,
                     settings.backend,
                     max(1, int(settings.num_cpus)) if settings.num_cpus else None,
