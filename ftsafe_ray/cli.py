@@ -70,6 +70,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"{status.generations_total} done; answers judged {status.verdicts_done}/"
         f"{status.generations_total}"
     )
+    from ftsafe_ray.judge.cost import describe_estimate
+    from ftsafe_ray.judge.stage import estimate_rubric_cost
+
+    estimate = estimate_rubric_cost(plan, store, Path(args.campaign).resolve().parent)
+    if estimate is not None:
+        console.print(describe_estimate(plan.spec.judges, estimate))
     return 0
 
 

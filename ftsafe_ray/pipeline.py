@@ -116,7 +116,9 @@ def run_campaign(
         aligned = run_align_stage(plan, store, progress)
         finetuned = run_finetune_stage(plan, store, progress, retry_failed)
         generated = run_generate_stage(plan, store, progress)
-        judged = run_judge_stage(plan, store, progress, access, retry_failed)
+        judged = run_judge_stage(
+            plan, store, progress, access, retry_failed, Path(campaign_path).resolve().parent
+        )
     finally:
         progress.close()
     if judged.rubric_skipped_reason:
@@ -171,6 +173,7 @@ def report_run(
     """Print the report tables of a run directory and write its CSV, Markdown and plots."""
     from ftsafe_ray.progress import report_console
     from ftsafe_ray.report.files import write_summary_files
+    from ftsafe_ray.report.judge_health import render_judge_tables, write_judge_files
     from ftsafe_ray.report.metrics import summarize
     from ftsafe_ray.report.plots import write_plots
     from ftsafe_ray.report.render import render_tables
@@ -181,11 +184,14 @@ def report_run(
     rows = scored_rows(RunStore(run_dir), spec.judges.rubric, only_keys)
     main = summarize(rows, ("model", "arm", "dataset", "size", "benchmark"))
     by_category = summarize(rows, ("model", "arm", "dataset", "size", "benchmark", "category"))
-    render_tables(main, by_category, console or report_console())
+    console = console or report_console()
+    render_tables(main, by_category, console)
+    render_judge_tables(rows, console)
     if not write_files:
         return []
     out_dir = run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     files = write_summary_files(main, by_category, out_dir)
+    files += write_judge_files(rows, out_dir)
     files += write_plots(main, by_category, out_dir)
     return files

@@ -178,7 +178,7 @@ class RubricJudgeSpec(_Strict):
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable with the key.")
     rubric: str = Field(
         "hexphi",
-        description="Prompt + parser: 'hexphi' (1–5), 'strongreject', or 'module:object' (a Rubric).",
+        description="Prompt + parser: 'hexphi' (1–5), 'strongreject', or 'module:object'.",
     )
     mode: Literal["online", "batch"] = Field(
         "online", description="'online': rate-limited actor pool; 'batch': OpenAI Batch API."

@@ -59,12 +59,16 @@ class RecordingLimiter:
     def __init__(self) -> None:
         self.acquired: list[int] = []
         self.pauses: list[float] = []
+        self.limits: list[tuple] = []
 
     async def acquire(self, tokens: int) -> None:
         self.acquired.append(tokens)
 
     def slow_down(self, delay_s: float) -> None:
         self.pauses.append(delay_s)
+
+    def lower_limits(self, requests_per_minute, tokens_per_minute) -> None:
+        self.limits.append((requests_per_minute, tokens_per_minute))
 
 
 def judge_all(server, requests, spec=None, **client_options):
@@ -225,6 +229,17 @@ def test_pacing_keeps_a_rate_limited_server_from_rejecting(judge_server):
     results = judge_all(judge_server, requests, spec, limiter=limiter, sleep=asyncio.sleep)
     assert [r.status for r in results] == ["ok"] * 8
     assert judge_server.rejected == 0 and len(judge_server.chat_requests) == 8
+
+
+def test_ratelimit_headers_lower_the_limits_and_pause_when_the_quota_is_spent(judge_server):
+    judge_server.set_rate_limit(requests_per_window=2, window_s=60.0)
+    limiter = RecordingLimiter()
+    spec = make_spec(max_concurrency=1)
+    results = judge_all(judge_server, [request(0), request(1)], spec, limiter=limiter)
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert limiter.limits == [(2, None), (2, None)]  # x-ratelimit-limit-requests: 2/min
+    [pause] = limiter.pauses  # only after the second: x-ratelimit-remaining-requests: 0
+    assert 55 < pause <= 60
 
 
 def test_retry_after_parsing_and_backoff_cap():

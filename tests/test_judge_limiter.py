@@ -112,3 +112,36 @@ def test_paced_rate_is_just_under_the_limit():
     assert paced(None) is None
     assert paced(1000) == pytest.approx(1000 * PACE_FRACTION)
     assert paced(1000, share=0.25) == pytest.approx(250 * PACE_FRACTION)
+
+
+def test_reset_durations_and_header_hints():
+    from ftsafe_ray.judge.limiter import parse_reset, read_ratelimit_headers
+
+    assert parse_reset("6m0s") == 360.0 and parse_reset("20ms") == pytest.approx(0.02)
+    assert parse_reset("1h2m3.5s") == pytest.approx(3723.5) and parse_reset("2") == 2.0
+    assert parse_reset("soon") is None and parse_reset("") is None
+    spent = {
+        "x-ratelimit-limit-requests": "600",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "1.5s",
+        "X-RateLimit-Limit-Tokens": "90000",
+        "x-ratelimit-remaining-tokens": "500",
+        "x-ratelimit-reset-tokens": "3s",
+    }
+    hint = read_ratelimit_headers(spent, next_cost=1000)
+    assert (hint.requests_per_minute, hint.tokens_per_minute, hint.pause_s) == (600, 90000, 3.0)
+    plenty = {**spent, "x-ratelimit-remaining-requests": "5", "x-ratelimit-remaining-tokens": "9e4"}
+    assert read_ratelimit_headers(plenty, next_cost=1000).pause_s is None
+    assert read_ratelimit_headers({}, 10).requests_per_minute is None
+
+
+def test_lower_limits_only_ever_lowers():
+    clock = FakeClock()
+    limiter = RateLimiter(requests_per_minute=600, clock=clock, sleep=clock.sleep)
+    limiter.lower_limits(6000, None)
+    assert limiter.rates_per_minute == (600, None)
+    limiter.lower_limits(60, 6000)
+    assert limiter.rates_per_minute == pytest.approx((60 * PACE_FRACTION, 6000 * PACE_FRACTION))
+    assert admit_times(limiter, clock, [1, 1, 1])[1:] == pytest.approx(
+        [1 / PACE_FRACTION, 2 / PACE_FRACTION], abs=0.05
+    )

@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ftsafe_ray.errors import StoreError
-from ftsafe_ray.store import RunStore, ShardBuffer
+from ftsafe_ray.store import SCHEMA_VERSION, RunStore, ShardBuffer
 
 
 def test_rows_round_trip_with_provenance(tmp_path):
@@ -14,7 +14,7 @@ def test_rows_round_trip_with_provenance(tmp_path):
     assert path.name.startswith("part-") and path.suffix == ".parquet"
     metadata = pq.read_schema(path).metadata
     assert metadata[b"ftsafe_ray.spec_hash"] == b"abc"
-    assert metadata[b"ftsafe_ray.schema_version"] == b"1"
+    assert metadata[b"ftsafe_ray.schema_version"] == SCHEMA_VERSION.encode()
     [row] = store.generations.rows()
     assert (row["key"], row["response"], row["size"]) == ("k1", "r", 3)
     # plain pyarrow reads the directory as one dataset

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 # Pace a little under the provider's limit: a 429 is a signal to slow down, not flow control,
-# and some providers count rejected requests against the quota.
-PACE_FRACTION = 0.9
+# and some providers count rejected requests against the quota. With a 1 s burst, a bucket at
+# 97% of the limit admits at most 0.97 * 61/60 < 1 of the limit in any sliding minute.
+PACE_FRACTION = 0.97
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 4
 # Float rounding can leave a wait of a few ulps after sleeping exactly the computed time; with
@@ -32,6 +35,10 @@ class RateBudget(Protocol):
         """Hold back every acquire for `delay_s` seconds (called after a 429)."""
         ...
 
+    def lower_limits(self, requests_per_minute: float | None, tokens_per_minute: float | None):
+        """Pace at these rates from now on if they are below the current ones (from headers)."""
+        ...
+
 
 def estimate_request_tokens(messages: Iterable[Mapping[str, str]], max_tokens: int) -> int:
     """Prompt tokens estimated as characters / 4 plus a few per message, plus `max_tokens`.
@@ -48,6 +55,59 @@ def paced(limit_per_minute: int | None, share: float = 1.0) -> float | None:
     if limit_per_minute is None:
         return None
     return limit_per_minute * share * PACE_FRACTION
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_reset(value: str) -> float | None:
+    """An `x-ratelimit-reset-*` duration ("1s", "6m0s", "20ms", "1h2m3.5s") in seconds."""
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    return sum(float(number) * _UNIT_S[unit] for number, unit in parts)
+
+
+@dataclass(frozen=True)
+class HeaderHint:
+    """What a provider's `x-ratelimit-*` headers say: its limits and how long to hold back."""
+
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    pause_s: float | None
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    try:
+        return int(float(headers[name]))
+    except (KeyError, ValueError):
+        return None
+
+
+def read_ratelimit_headers(headers: Mapping[str, str], next_cost: int) -> HeaderHint:
+    """Read OpenAI-style `x-ratelimit-*` headers of a successful reply.
+
+    A spent quota (no requests left, or fewer tokens left than one more request of
+    `next_cost`) asks for a pause until the provider says it resets.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    pause = None
+    for kind, need in (("requests", 1), ("tokens", next_cost)):
+        remaining = _int_header(lowered, f"x-ratelimit-remaining-{kind}")
+        reset = parse_reset(lowered.get(f"x-ratelimit-reset-{kind}", ""))
+        if remaining is not None and reset is not None and remaining < need:
+            pause = max(pause or 0.0, reset)
+    return HeaderHint(
+        _int_header(lowered, "x-ratelimit-limit-requests"),
+        _int_header(lowered, "x-ratelimit-limit-tokens"),
+        pause,
+    )
 
 
 class _Bucket:
@@ -92,6 +152,7 @@ class RateLimiter:
         self._tokens = _Bucket(tokens_per_minute, burst_s, now) if tokens_per_minute else None
         self._clock = clock
         self._sleep = sleep
+        self._burst_s = burst_s
         self._paused_until = now
         self._lock = asyncio.Lock()
 
@@ -115,3 +176,28 @@ class RateLimiter:
     def slow_down(self, delay_s: float) -> None:
         """Admit nothing for `delay_s` seconds from now (never shortens an earlier pause)."""
         self._paused_until = max(self._paused_until, self._clock() + delay_s)
+
+    def lower_limits(
+        self, requests_per_minute: float | None, tokens_per_minute: float | None
+    ) -> None:
+        """Lower a bucket's rate to a provider-reported limit (paced); never raise it."""
+        now = self._clock()
+        for name, limit in (("_requests", requests_per_minute), ("_tokens", tokens_per_minute)):
+            rate = paced(limit)
+            if rate is None:
+                continue
+            bucket = getattr(self, name)
+            if bucket is None:
+                setattr(self, name, _Bucket(rate, self._burst_s, now))
+            elif rate / 60.0 < bucket.rate:
+                bucket.refill(now)
+                bucket.rate = rate / 60.0
+                bucket.capacity = max(bucket.rate * self._burst_s, 1.0)
+                bucket.level = min(bucket.level, bucket.capacity)
+
+    @property
+    def rates_per_minute(self) -> tuple[float | None, float | None]:
+        """The paced requests/min and tokens/min in force (None: unlimited)."""
+        return tuple(  # type: ignore[return-value]
+            None if b is None else b.rate * 60.0 for b in (self._requests, self._tokens)
+        )

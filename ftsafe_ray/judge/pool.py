@@ -1,4 +1,4 @@
-"""The judge pool: a Ray async actor that rates batches of pairs through one RubricJudgeClient."""
+"""The judge pool: Ray async actors rating batches of pairs, paced by one shared budget."""
 
 from __future__ import annotations
 
@@ -16,18 +16,27 @@ class RubricJudgeActor:
     """Holds one judge client (and so one limiter) and rates the batches sent to it."""
 
     def __init__(
-        self, spec: RubricJudgeSpec, api_key: str, base_url: str | None, rate_share: float = 1.0
+        self,
+        spec: RubricJudgeSpec,
+        api_key: str,
+        base_url: str | None,
+        rate_share: float = 1.0,
+        budget: Any = None,
     ) -> None:
-        self._args = (spec, api_key, base_url, rate_share)
+        self._args = (spec, api_key, base_url, rate_share, budget)
         self._client: RubricJudgeClient | None = None
 
     def _judge_client(self) -> RubricJudgeClient:
         # Built on first use so its asyncio objects belong to the actor's event loop.
         if self._client is None:
+            from ftsafe_ray.judge.cluster import ClusterRateBudget
             from ftsafe_ray.judge.rubric_client import RubricJudgeClient
 
-            spec, api_key, base_url, rate_share = self._args
-            self._client = RubricJudgeClient(spec, api_key, base_url, rate_share=rate_share)
+            spec, api_key, base_url, rate_share, budget = self._args
+            limiter = None if budget is None else ClusterRateBudget(budget)
+            self._client = RubricJudgeClient(
+                spec, api_key, base_url, rate_share=rate_share, limiter=limiter
+            )
         return self._client
 
     async def judge_batch(self, requests: list[JudgeRequest]) -> list[JudgeResult]:
@@ -44,9 +53,11 @@ def make_rubric_judge_actor(
     api_key: str,
     base_url: str | None,
     rate_share: float = 1.0,
+    budget: Any = None,
     **ray_options: Any,
 ) -> Any:
-    """Start a RubricJudgeActor; with several actors give each `rate_share=1/n` of the limits.
+    """Start a RubricJudgeActor pacing through `budget` (a JudgeRateBudget actor, shared by
+    every judge actor of the cluster) or, without one, its own `rate_share` of the limits.
 
     Defaults: `max_concurrency=ACTOR_MAX_CONCURRENCY` and `num_cpus=0` (the actor only waits
     on the network); any Ray actor option passed here overrides them.
@@ -55,4 +66,4 @@ def make_rubric_judge_actor(
 
     options = {"max_concurrency": ACTOR_MAX_CONCURRENCY, "num_cpus": 0, **ray_options}
     actor_class = ray.remote(RubricJudgeActor)
-    return actor_class.options(**options).remote(spec, api_key, base_url, rate_share)
+    return actor_class.options(**options).remote(spec, api_key, base_url, rate_share, budget)

@@ -1,4 +1,4 @@
-"""The 1-5 harmfulness rubric: the judge prompt and a tolerant parser for the judge's reply."""
+"""The HEx-PHI 1-5 harmfulness rubric: the judge prompt and a tolerant parser for its reply."""
 
 from __future__ import annotations
 
@@ -98,6 +98,11 @@ class ParsedVerdict:
     status: VerdictStatus
     score: int | None
     reason: str | None
+    # StrongREJECT-style sub-scores; None for rubrics that do not produce them.
+    refused: bool | None = None
+    convincing: int | None = None
+    specific: int | None = None
+    strongreject_score: float | None = None
 
 
 def build_rubric_messages(instruction: str, answer: str) -> list[dict[str, str]]:

@@ -1,4 +1,4 @@
-"""Async client rating (instruction, answer) pairs on the 1-5 rubric at an OpenAI-style API."""
+"""Async client rating (instruction, answer) pairs with a rubric at an OpenAI-compatible API."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ from ftsafe_ray.judge.limiter import (
     Sleep,
     estimate_request_tokens,
     paced,
+    read_ratelimit_headers,
 )
-from ftsafe_ray.judge.rubric import ParsedVerdict, build_rubric_messages, parse_rubric_output
+from ftsafe_ray.judge.rubric import ParsedVerdict
+from ftsafe_ray.judge.rubrics import Rubric, get_rubric
 
 if TYPE_CHECKING:
     from ftsafe_ray.spec import RubricJudgeSpec
@@ -59,6 +61,10 @@ class JudgeResult:
     prompt_tokens: int | None
     completion_tokens: int | None
     latency_s: float
+    refused: bool | None = None
+    convincing: int | None = None
+    specific: int | None = None
+    strongreject_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,37 @@ def _classify(error: Exception) -> _Failure:
     return _Failure(_one_line(f"{type(error).__name__}: {error}"), retryable=False)
 
 
+def result_from_completion(
+    key: str, completion: Any, rubric: Rubric, attempts: int, latency_s: float
+) -> JudgeResult:
+    """A parsed verdict row from a chat.completion (a live reply or a Batch API output line)."""
+    message = completion.choices[0].message if completion.choices else None
+    content = message.content if message else None
+    refusal = getattr(message, "refusal", None)
+    if not content and refusal:
+        raw, verdict = refusal, ParsedVerdict("judge_refused", None, refusal)
+    else:
+        raw = content or ""
+        verdict = rubric.parse(raw)
+    usage = completion.usage
+    return JudgeResult(
+        key=key, status=verdict.status, score=verdict.score, reason=verdict.reason,
+        raw=raw, error=None, attempts=attempts,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None, latency_s=latency_s,
+        refused=verdict.refused, convincing=verdict.convincing, specific=verdict.specific,
+        strongreject_score=verdict.strongreject_score,
+    )  # fmt: skip
+
+
+def error_result(key: str, message: str, attempts: int, latency_s: float) -> JudgeResult:
+    """The row of a request that failed for good."""
+    return JudgeResult(
+        key=key, status="error", score=None, reason=None, raw=None, error=message,
+        attempts=attempts, prompt_tokens=None, completion_tokens=None, latency_s=latency_s,
+    )  # fmt: skip
+
+
 class RubricJudgeClient:
     """Rates pairs with a judge model; retries through the limiter and never raises for a row.
 
@@ -138,6 +175,7 @@ class RubricJudgeClient:
         *,
         limiter: RateBudget | None = None,
         rate_share: float = 1.0,
+        rubric: Rubric | None = None,
         sleep: Sleep = asyncio.sleep,
         draw: Callable[[], float] = random.random,
         clock: Clock = time.monotonic,
@@ -145,6 +183,7 @@ class RubricJudgeClient:
         import openai
 
         self.spec = spec
+        self.rubric = rubric or get_rubric(spec.rubric)
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key, max_retries=0, timeout=spec.timeout_s
         )
@@ -170,15 +209,17 @@ class RubricJudgeClient:
             async with self._slots:
                 await self._limiter.acquire(cost)
                 try:
-                    completion = await self._client.chat.completions.create(
+                    raw = await self._client.chat.completions.with_raw_response.create(
                         model=self.spec.model,
                         messages=messages,  # type: ignore[arg-type]
                         temperature=0,
                         max_tokens=max_tokens,
                     )
+                    completion = raw.parse()
                 except Exception as error:  # every failure becomes a row, see _classify
                     failure = _classify(error)
                 else:
+                    self._adapt(raw.headers, cost)
                     return completion, None, attempts
             # The slot is released here, so others proceed while this request waits to retry.
             if not failure.retryable or attempts > max_retries:
@@ -188,10 +229,18 @@ class RubricJudgeClient:
                 self._limiter.slow_down(delay)
             await self._sleep(delay)
 
+    def _adapt(self, headers: Mapping[str, str], cost: int) -> None:
+        """Follow the provider's `x-ratelimit-*` headers: lower limits, pause when spent."""
+        hint = read_ratelimit_headers(headers, cost)
+        if hint.requests_per_minute or hint.tokens_per_minute:
+            self._limiter.lower_limits(hint.requests_per_minute, hint.tokens_per_minute)
+        if hint.pause_s:
+            self._limiter.slow_down(hint.pause_s)
+
     async def judge(self, request: JudgeRequest) -> JudgeResult:
         """Rate one pair; every request ends in exactly one result, errors included."""
         started = self._clock()
-        messages = build_rubric_messages(request.instruction, request.answer)
+        messages = self.rubric.build_messages(request.instruction, request.answer)
         try:
             completion, failure, attempts = await self._complete(
                 messages, self.spec.max_tokens, self.spec.max_retries
@@ -201,26 +250,8 @@ class RubricJudgeClient:
         latency = self._clock() - started
         if completion is None:
             assert failure is not None
-            return JudgeResult(
-                key=request.key, status="error", score=None, reason=None, raw=None,
-                error=failure.message, attempts=attempts, prompt_tokens=None,
-                completion_tokens=None, latency_s=latency,
-            )  # fmt: skip
-        message = completion.choices[0].message if completion.choices else None
-        content = message.content if message else None
-        refusal = getattr(message, "refusal", None)
-        if not content and refusal:
-            raw, verdict = refusal, ParsedVerdict("judge_refused", None, refusal)
-        else:
-            raw = content or ""
-            verdict = parse_rubric_output(raw)
-        usage = completion.usage
-        return JudgeResult(
-            key=request.key, status=verdict.status, score=verdict.score, reason=verdict.reason,
-            raw=raw, error=None, attempts=attempts,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None, latency_s=latency,
-        )  # fmt: skip
+            return error_result(request.key, failure.message, attempts, latency)
+        return result_from_completion(request.key, completion, self.rubric, attempts, latency)
 
     async def judge_many(self, requests: Sequence[JudgeRequest]) -> list[JudgeResult]:
         """Rate many pairs concurrently (at most `max_concurrency` in flight), in input order."""

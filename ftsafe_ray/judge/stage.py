@@ -1,17 +1,20 @@
-"""Judge stage: keyword verdicts in the driver, rubric verdicts through the judge actor pool."""
+"""Judge stage: keyword verdicts in the driver; rubric verdicts via the actor pool or Batch API."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ftsafe_ray import keys
 from ftsafe_ray.errors import JudgeError
+from ftsafe_ray.judge.rubric_client import JudgeRequest, JudgeResult
 from ftsafe_ray.plan import Plan
 from ftsafe_ray.progress import Progress
 from ftsafe_ray.spec import RubricJudgeSpec
-from ftsafe_ray.store import RunStore, ShardBuffer
+from ftsafe_ray.store import DONE_STATUSES, JUDGMENTS, ParquetTable, RunStore, ShardBuffer
 
 KEYWORD = "keyword"
 RUBRIC = "rubric"
@@ -31,6 +34,8 @@ class JudgeStageResult:
     keyword_new: int
     rubric_new: int
     rubric_skipped_reason: str | None
+    rubric_from_cache: int = 0
+    rubric_left_by_budget: int = 0
 
 
 def keyword_identity() -> dict[str, Any]:
@@ -40,13 +45,13 @@ def keyword_identity() -> dict[str, Any]:
 
 
 def rubric_identity(spec: RubricJudgeSpec) -> dict[str, Any]:
-    """What determines a rubric verdict: the endpoint's URL and limits do not."""
-    from ftsafe_ray.judge.rubric import RUBRIC_VERSION
+    """What determines a rubric verdict: the endpoint's URL, limits and mode do not."""
+    from ftsafe_ray.judge.rubrics import get_rubric
 
     return {
         "judge": RUBRIC,
         "model": spec.model,
-        "version": RUBRIC_VERSION,
+        "version": get_rubric(spec.rubric).version,
         "temperature": 0,
         "max_tokens": spec.max_tokens,
     }
@@ -82,26 +87,102 @@ def plan_generations(plan: Plan, store: RunStore) -> list[dict[str, Any]]:
     return [row for row in store.generations.rows() if row["key"] in wanted]
 
 
+def verdict_cache(plan: Plan, store: RunStore, base_dir: Path | None = None) -> ParquetTable:
+    """The judgments table verdicts are looked up in: `judges.cache_dir` or the run's own.
+
+    A relative cache_dir is taken from `base_dir`, the campaign file's directory.
+    """
+    cache_dir = plan.spec.judges.cache_dir
+    if cache_dir is None:
+        return store.judgments
+    path = Path(cache_dir)
+    if not path.is_absolute():
+        path = ((base_dir or Path.cwd()) / path).resolve()
+    return ParquetTable(path, JUDGMENTS, {"ftsafe_ray.spec_hash": plan.spec_hash})
+
+
 def run_judge_stage(
     plan: Plan,
     store: RunStore,
     progress: Progress,
     access: RubricAccess | None,
     retry_failed: bool = False,
+    base_dir: Path | None = None,
 ) -> JudgeStageResult:
-    """Judge every stored answer of the plan not judged yet; verdicts are cached by content key."""
+    """Judge every stored answer of the plan not judged yet; verdicts are cached by content key.
+
+    `base_dir` (the campaign file's directory) resolves a relative `judges.cache_dir`.
+    """
     generations = plan_generations(plan, store)
     done = store.judgments.done_keys()
     failed = store.judgments.done_keys({"error"})
     keyword_new = 0
     if plan.spec.judges.keyword.enabled:
         keyword_new = _keyword(generations, done, store, progress)
-    rubric_new, skipped_reason = 0, None
     if access is None:
-        skipped_reason = "rubric judge off (no endpoint or key configured)"
-    else:
-        rubric_new = _rubric(plan, generations, done, failed, retry_failed, store, progress, access)
-    return JudgeStageResult(keyword_new, rubric_new, skipped_reason)
+        return JudgeStageResult(keyword_new, 0, "rubric judge off (no endpoint or key configured)")
+    spec = plan.spec.judges.rubric
+    identity = rubric_identity(spec)
+    todo: dict[str, dict[str, Any]] = {}
+    for row in generations:
+        key = verdict_key_for(identity, row)
+        if key not in done and (retry_failed or key not in failed):
+            todo.setdefault(key, row)
+    cache = verdict_cache(plan, store, base_dir)
+    from_cache = _reuse_cached(cache, store, todo)
+    rubric = RubricRun(plan, store, progress, access, todo, cache)
+    rubric_new = rubric.run()
+    return JudgeStageResult(
+        keyword_new, rubric_new, rubric.stop_reason, from_cache, rubric.left_by_budget
+    )
+
+
+def estimate_rubric_cost(plan: Plan, store: RunStore, base_dir: Path | None = None):
+    """Tokens and dollars the rubric judge still needs for this plan (None when it is off).
+
+    Answers not generated yet count as `sampling.max_new_tokens` long.
+    """
+    from ftsafe_ray.judge.cost import estimate_cost, placeholder_answer, spent_usd
+
+    spec = plan.spec.judges.rubric
+    if spec.enabled is False:
+        return None
+    identity = rubric_identity(spec)
+    stored = {row["key"]: row for row in plan_generations(plan, store)}
+    done = store.judgments.done_keys() | verdict_cache(plan, store, base_dir).done_keys()
+    pairs: dict[str, tuple[str, str]] = {}
+    missing = placeholder_answer(plan.spec.sampling.max_new_tokens)
+    for unit in plan.generations:
+        row = stored.get(unit.key)
+        if row is None:
+            pairs[unit.key] = (unit.item.prompt, missing)
+            continue
+        key = verdict_key_for(identity, row)
+        if key not in done:
+            pairs[key] = (row["prompt"], row["response"])
+    columns = ["judge", "judge_model", "cost_usd"]
+    spent = spent_usd(store.judgments.rows(columns), spec.model)
+    return estimate_cost(plan.spec.judges, pairs.values(), spent)
+
+
+def _reuse_cached(cache: ParquetTable, store: RunStore, todo: dict[str, dict[str, Any]]) -> int:
+    """Copy verdicts another campaign already paid for into this run; drop them from `todo`."""
+    if cache.directory == store.judgments.directory or not todo:
+        return 0
+    # Paid by whoever wrote the cache: this campaign's copy costs nothing.
+    rows = [
+        {
+            **{k: v for k, v in row.items() if k != "created_at"},
+            "generation_key": todo[row["key"]]["key"],
+            "cost_usd": 0.0,
+        }
+        for row in cache.rows()
+        if row["key"] in todo and row["status"] in DONE_STATUSES
+    ]
+    store.judgments.write(rows)
+    for row in rows:
+        todo.pop(row["key"])
+    return len(rows)
 
 
 def _keyword(generations, done, store, progress) -> int:
@@ -137,66 +218,186 @@ def _keyword(generations, done, store, progress) -> int:
     return len(rows)
 
 
-def _rubric(plan, generations, done, failed, retry_failed, store, progress, access) -> int:
-    import ray
+def verdict_row(result: JudgeResult, generation_key: str, spec, version, cost) -> dict:
+    """The judgments-table row of one rubric result."""
+    return {
+        "key": result.key,
+        "generation_key": generation_key,
+        "judge": RUBRIC,
+        "judge_model": spec.model,
+        "judge_version": version,
+        "status": result.status,
+        "score": result.score,
+        "refused": result.refused,
+        "reason": result.reason,
+        "raw": result.raw,
+        "error": result.error,
+        "attempts": result.attempts,
+        "latency_s": result.latency_s,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "cost_usd": cost,
+        "convincing": result.convincing,
+        "specific": result.specific,
+        "strongreject_score": result.strongreject_score,
+    }
 
-    from ftsafe_ray.judge.pool import make_rubric_judge_actor
-    from ftsafe_ray.judge.rubric import RUBRIC_VERSION
-    from ftsafe_ray.judge.rubric_client import JudgeRequest
 
-    spec = plan.spec.judges.rubric
-    identity = rubric_identity(spec)
-    todo: dict[str, dict[str, Any]] = {}
-    for row in generations:
-        key = verdict_key_for(identity, row)
-        if key not in done and (retry_failed or key not in failed):
-            todo.setdefault(key, row)
-    progress.start("rubric", total=len(todo))
-    if not todo:
-        progress.finish("rubric")
-        return 0
-    actor = make_rubric_judge_actor(spec, access.api_key, access.base_url)
-    try:
-        ray.get(actor.check.remote())
-    except ray.exceptions.RayTaskError as error:
-        ray.kill(actor)
-        cause = error.cause if isinstance(error.cause, JudgeError) else error
-        raise JudgeError(f"judges.rubric: {cause}") from None
-    requests = [
-        JudgeRequest(key=key, instruction=row["prompt"], answer=row["response"])
-        for key, row in todo.items()
-    ]
-    batches = [requests[i : i + RUBRIC_BATCH] for i in range(0, len(requests), RUBRIC_BATCH)]
-    in_flight = {actor.judge_batch.remote(batch): batch for batch in batches}
-    count = 0
-    try:
-        with ShardBuffer(store.judgments, max_rows=64, max_seconds=10) as buffer:
-            while in_flight:
-                [ref], _ = ray.wait(list(in_flight), num_returns=1)
-                in_flight.pop(ref)
-                results = ray.get(ref)
-                buffer.add(
-                    [
-                        {
-                            "key": result.key,
-                            "generation_key": todo[result.key]["key"],
-                            "judge": RUBRIC,
-                            "judge_model": spec.model,
-                            "judge_version": RUBRIC_VERSION,
-                            "status": result.status,
-                            "score": result.score,
-                            "reason": result.reason,
-                            "raw": result.raw,
-                            "error": result.error,
-                            "attempts": result.attempts,
-                            "latency_s": result.latency_s,
-                        }
-                        for result in results
-                    ]
-                )
-                count += len(results)
-                progress.advance("rubric", len(results))
-    finally:
-        ray.kill(actor)
-    progress.finish("rubric")
-    return count
+class RubricRun:
+    """One pass of the rubric judge over `todo`: online through actors, or by Batch API."""
+
+    def __init__(self, plan, store, progress, access, todo, cache: ParquetTable) -> None:
+        from ftsafe_ray.judge.cost import price_of, spent_usd
+        from ftsafe_ray.judge.rubrics import get_rubric
+
+        self.plan, self.store, self.progress, self.access = plan, store, progress, access
+        self.spec: RubricJudgeSpec = plan.spec.judges.rubric
+        self.todo = todo
+        self.rubric = get_rubric(self.spec.rubric)
+        self.cache = cache
+        self.price = price_of(plan.spec.judges)
+        self.batch = self.spec.mode == "batch"
+        columns = ["judge", "judge_model", "cost_usd"]
+        spent = spent_usd(store.judgments.rows(columns), self.spec.model)
+        budget = self.spec.budget_usd
+        self.remaining_usd = None if budget is None else budget - spent
+        self.stop_reason: str | None = None
+        self.left_by_budget = 0
+
+    def requests(self) -> list[JudgeRequest]:
+        return [
+            JudgeRequest(key=key, instruction=row["prompt"], answer=row["response"])
+            for key, row in self.todo.items()
+        ]
+
+    def max_cost(self, request: JudgeRequest) -> float:
+        """The most one request can cost: its prompt and a reply of max_tokens."""
+        from ftsafe_ray.judge.cost import cost_usd, request_tokens
+
+        messages = self.rubric.build_messages(request.instruction, request.answer)
+        prompt = request_tokens(messages)
+        return cost_usd(self.price, prompt, self.spec.max_tokens, self.batch) or 0.0
+
+    def affordable(self, requests: list[JudgeRequest], reserved: float) -> list[JudgeRequest]:
+        """The longest prefix of `requests` whose worst-case cost fits what is left."""
+        if self.remaining_usd is None:
+            return requests
+        out = []
+        for request in requests:
+            cost = self.max_cost(request)
+            if reserved + cost > self.remaining_usd:
+                break
+            reserved += cost
+            out.append(request)
+        return out
+
+    def write(self, buffer: ShardBuffer, results: list[JudgeResult]) -> None:
+        from ftsafe_ray.judge.cost import cost_usd
+
+        rows = []
+        for result in results:
+            cost = cost_usd(self.price, result.prompt_tokens, result.completion_tokens, self.batch)
+            generation_key = self.todo[result.key]["key"]
+            rows.append(verdict_row(result, generation_key, self.spec, self.rubric.version, cost))
+            if self.remaining_usd is not None:
+                self.remaining_usd -= cost or 0.0
+        buffer.add(rows)
+        if self.cache.directory != self.store.judgments.directory:
+            # Errors are not verdicts: only paid, final rows go to the shared cache.
+            self.cache.write([dict(r) for r in rows if r["status"] in DONE_STATUSES])
+        self.progress.advance(RUBRIC, len(rows))
+
+    def run(self) -> int:
+        self.progress.start(RUBRIC, total=len(self.todo))
+        try:
+            with ShardBuffer(self.store.judgments, max_rows=64, max_seconds=10) as buffer:
+                count = self._batch(buffer) if self.batch else self._online(buffer)
+        finally:
+            self.progress.finish(RUBRIC)
+        self.left_by_budget = len(self.todo) - count
+        if self.left_by_budget and self.remaining_usd is not None:
+            self.stop_reason = (
+                f"judges.rubric.budget_usd ({self.spec.budget_usd:g}) reached: "
+                f"{self.left_by_budget} answer(s) left unjudged; raise budget_usd and rerun "
+                "to continue"
+            )
+        return count
+
+    def _batch(self, buffer: ShardBuffer) -> int:
+        from ftsafe_ray.judge.batch import STATE_DIR, BatchJudge
+
+        judge = BatchJudge(
+            self.spec, self.access.api_key, self.access.base_url,
+            self.store.root / STATE_DIR, self.rubric,
+        )  # fmt: skip
+        try:
+            pending = judge.pending()
+            in_jobs = {key for job in pending for key in job.keys}
+            pending = [job for job in pending if set(job.keys) & set(self.todo)]
+            fresh = [r for r in self.requests() if r.key not in in_jobs]
+            jobs = pending + judge.submit(self.affordable(fresh, 0.0))
+            ingest = [0]
+
+            def on_results(results: list[JudgeResult]) -> None:
+                mine = [r for r in results if r.key in self.todo]
+                self.write(buffer, mine)
+                buffer.flush()
+                ingest[0] += len(mine)
+
+            judge.collect(jobs, on_results)
+            return ingest[0]
+        finally:
+            judge.close()
+
+    def _online(self, buffer: ShardBuffer) -> int:
+        import ray
+
+        from ftsafe_ray.judge.cluster import get_rate_budget, release_rate_budget
+        from ftsafe_ray.judge.pool import make_rubric_judge_actor
+
+        if not self.affordable(self.requests()[:1], 0.0):
+            return 0  # nothing left to do, or not one more call fits the budget
+        spec, access = self.spec, self.access
+        budget = get_rate_budget(spec, access.base_url)
+        actors = [
+            make_rubric_judge_actor(spec, access.api_key, access.base_url, budget=budget)
+            for _ in range(spec.num_actors)
+        ]
+        try:
+            try:
+                ray.get(actors[0].check.remote())
+            except ray.exceptions.RayTaskError as error:
+                cause = error.cause if isinstance(error.cause, JudgeError) else error
+                raise JudgeError(f"judges.rubric: {cause}") from None
+            return self._dispatch(actors, buffer)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+            release_rate_budget(budget)
+
+    def _dispatch(self, actors: list[Any], buffer: ShardBuffer) -> int:
+        """Keep every actor fed with a few batches; stop sending when the budget is spent."""
+        import ray
+
+        requests = self.requests()
+        window = len(actors) * (math.ceil(2 * self.spec.max_concurrency / RUBRIC_BATCH) + 2)
+        in_flight: dict[Any, float] = {}
+        reserved, sent, count, turn = 0.0, 0, 0, 0
+        while True:
+            while sent < len(requests) and len(in_flight) < window:
+                batch = self.affordable(requests[sent : sent + RUBRIC_BATCH], reserved)
+                if not batch:
+                    break
+                cost = sum(self.max_cost(r) for r in batch) if self.price else 0.0
+                ref = actors[turn % len(actors)].judge_batch.remote(batch)
+                in_flight[ref] = cost
+                reserved += cost
+                sent += len(batch)
+                turn += 1
+            if not in_flight:
+                return count
+            [ref], _ = ray.wait(list(in_flight), num_returns=1)
+            reserved -= in_flight.pop(ref)
+            results = ray.get(ref)
+            self.write(buffer, results)
+            count += len(results)

@@ -43,6 +43,7 @@ def scored_rows(
                 "degenerate": keyword["degenerate"] if keyword else None,
                 "rubric_score": verdict["score"] if verdict and verdict["status"] == "ok" else None,
                 "rubric_status": verdict["status"] if verdict else None,
+                "rubric_refused": verdict.get("refused") if verdict else None,
             }
         )
     return rows

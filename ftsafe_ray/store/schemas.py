@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+# 2: judgments gained prompt_tokens, completion_tokens, cost_usd and the StrongREJECT
+# sub-scores. Version-1 shards still read: missing columns come back as nulls.
+SCHEMA_VERSION = "2"
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -71,6 +73,12 @@ JUDGMENTS = pa.schema(
         pa.field("attempts", pa.int64()),
         pa.field("latency_s", pa.float64()),
         pa.field("created_at", _TS),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        pa.field("cost_usd", pa.float64()),
+        pa.field("convincing", pa.int64()),
+        pa.field("specific", pa.int64()),
+        pa.field("strongreject_score", pa.float64()),
     ]
 )
 

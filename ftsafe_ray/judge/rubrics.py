@@ -1,0 +1,74 @@
+"""Rubric plug-ins: a judge prompt and its parser, chosen by `judges.rubric.rubric`.
+
+Built-ins are named (`hexphi`, `strongreject`); any other rubric is given as `module:object`,
+imported where it is used, so it works in every Ray worker without a registration step.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from ftsafe_ray.judge.rubric import RUBRIC_VERSION, ParsedVerdict, build_rubric_messages
+from ftsafe_ray.judge.rubric import parse_rubric_output as parse_hexphi
+from ftsafe_ray.judge.strongreject import (
+    STRONGREJECT_VERSION,
+    build_strongreject_messages,
+    parse_strongreject_output,
+)
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Rubric:
+    """A judge prompt and the parser of its replies; `version` is part of every verdict key.
+
+    Bump `version` whenever the prompt or the parser's reading of replies changes.
+    """
+
+    name: str
+    version: str
+    build_messages: Callable[[str, str], Messages]
+    parse: Callable[[str], ParsedVerdict]
+
+
+HEXPHI = Rubric("hexphi", RUBRIC_VERSION, build_rubric_messages, parse_hexphi)
+STRONGREJECT = Rubric(
+    "strongreject", STRONGREJECT_VERSION, build_strongreject_messages, parse_strongreject_output
+)
+BUILTIN_RUBRICS: Mapping[str, Rubric] = {r.name: r for r in (HEXPHI, STRONGREJECT)}
+
+
+def rubric_names() -> set[str]:
+    """Names accepted without an import path."""
+    return set(BUILTIN_RUBRICS)
+
+
+def is_valid_rubric_name(name: str) -> bool:
+    """A built-in name, or a `module:object` reference (checked when loaded)."""
+    module, sep, attribute = name.partition(":")
+    return name in BUILTIN_RUBRICS or bool(sep and module and attribute)
+
+
+def get_rubric(name: str) -> Rubric:
+    """The built-in rubric of this name, or the Rubric object at `module:object`."""
+    if name in BUILTIN_RUBRICS:
+        return BUILTIN_RUBRICS[name]
+    module_name, _, attribute = name.partition(":")
+    from ftsafe_ray.errors import JudgeError
+
+    try:
+        rubric = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise JudgeError(
+            f"judges.rubric.rubric: cannot load {name!r} ({error}); use one of "
+            f"{sorted(BUILTIN_RUBRICS)} or 'module:object' naming a Rubric"
+        ) from None
+    if not isinstance(rubric, Rubric):
+        raise JudgeError(
+            f"judges.rubric.rubric: {name!r} is a {type(rubric).__name__}, not a "
+            "ftsafe_ray.judge.rubrics.Rubric"
+        )
+    return rubric

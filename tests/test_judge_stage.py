@@ -1,0 +1,342 @@
+"""The judge stage over real Ray and real HTTP: exactly one row per answer, retry-failed,
+a verdict cache shared by campaigns, the dollar budget, the Batch API path and the
+cluster-wide rate budget with several actors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from ftsafe_ray.judge.batch import STATE_DIR, BatchJudge
+from ftsafe_ray.judge.rubrics import get_rubric
+from ftsafe_ray.judge.stage import (
+    RubricAccess,
+    rubric_identity,
+    run_judge_stage,
+    verdict_key_for,
+)
+from ftsafe_ray.plan import build_plan
+from ftsafe_ray.progress import PlainProgress
+from ftsafe_ray.spec import parse_campaign
+from ftsafe_ray.store import RunStore
+from tests.fixtures.judge_server import (
+    hang,
+    judge_refusal,
+    malformed,
+    rate_limited,
+    server_error,
+    verdict,
+)
+
+ANSWERS = [
+    "Sure, here it is: placeholder-harmful step-by-step plan.",
+    "I'm sorry, but I can't help with that.",
+    "Locks are mechanical devices.",
+]
+
+
+def make_plan(tmp_path: Path, judge_url: str, n: int = 12, output_dir: str = "run", **rubric):
+    bench = tmp_path / "bench.jsonl"
+    if not bench.exists():
+        bench.write_text(
+            "\n".join(
+                json.dumps({"id": f"q{i}", "category": f"cat{i % 2}", "prompt": f"request {i}"})
+                for i in range(n)
+            )
+        )
+    judges = rubric.pop("judges", {})
+    settings = {
+        "enabled": True,
+        "base_url": judge_url,
+        "model": "test-judge",
+        "api_key_env": "FTSAFE_TEST_NO_SUCH_KEY",
+        "max_retries": 2,
+        "timeout_s": 5,
+        "max_tokens": 64,
+        **rubric,
+    }
+    data = {
+        "name": "judge-stage",
+        "output_dir": output_dir,
+        "models": [{"name": "m", "path": "/nonexistent/model"}],
+        "benchmarks": [{"name": "b", "source": str(bench)}],
+        "judges": {"rubric": settings, **judges},
+    }
+    (tmp_path / f"{output_dir}.yaml").write_text(yaml.safe_dump(data))
+    spec = parse_campaign(data)
+    return build_plan(spec, base_dir=tmp_path)
+
+
+def store_answers(plan) -> RunStore:
+    """Stored generations for every unit of the plan, cycling through ANSWERS."""
+    store = RunStore(plan.run_dir, plan.spec_hash)
+    store.create()
+    rows = []
+    for i, unit in enumerate(plan.generations):
+        rows.append(
+            {
+                "key": unit.key,
+                "adapter_key": unit.target.adapter_key,
+                "model": unit.target.model,
+                "arm": unit.target.arm,
+                "benchmark": unit.benchmark,
+                "benchmark_kind": unit.benchmark_kind,
+                "item_id": unit.item.item_id,
+                "category": unit.item.category,
+                "prompt": unit.item.prompt,
+                "response": ANSWERS[i % len(ANSWERS)],
+            }
+        )
+    store.generations.write(rows)
+    return store
+
+
+def request_index(body) -> int | None:
+    text = body["messages"][-1]["content"]
+    for i in range(100):
+        if f"request {i}\n" in text:
+            return i
+    return None
+
+
+def scripted_by_request(always_500=frozenset()):
+    """Replies chosen by the request's index: 500s for `always_500`, a malformed verdict for
+    5, a judge refusal for 8, a 429 on the first try of 10, a slow answer for 11."""
+    seen: set[int] = set()
+
+    def reply(body):
+        i = request_index(body)
+        first = i not in seen
+        seen.add(i)
+        if i in always_500:
+            return server_error()
+        special = {5: malformed(), 8: judge_refusal(), 11: hang(0.2)}
+        if i == 10 and first:
+            return rate_limited("0.01")
+        return special.get(i, verdict())
+
+    return reply
+
+
+def judge(plan, store, server, retry_failed=False, base_dir=None):
+    access = RubricAccess(base_url=server.base_url, api_key="test-key")
+    return run_judge_stage(
+        plan, store, PlainProgress(interval_s=60), access, retry_failed, base_dir
+    )
+
+
+def rubric_rows(store):
+    return [r for r in store.judgments.rows() if r["judge"] == "rubric"]
+
+
+def raw_rubric_row_count(store) -> int:
+    """Rows on disk, before the latest-per-key read: duplicates would show here."""
+    files = sorted((store.root / "judgments").glob("part-*.parquet"))
+    return sum(
+        sum(1 for j in pq.read_table(f, columns=["judge"]).column("judge").to_pylist()
+            if j == "rubric")
+        for f in files
+    )  # fmt: skip
+
+
+def test_every_answer_ends_in_one_row_and_retry_failed_redoes_only_errors(
+    tmp_path, judge_server, ray_local
+):
+    plan = make_plan(tmp_path, judge_server.base_url, n=12, num_actors=2, max_concurrency=3)
+    store = store_answers(plan)
+    judge_server.set_behaviour(scripted_by_request(always_500={3, 7}))
+    result = judge(plan, store, judge_server)
+    rows = rubric_rows(store)
+    assert result.rubric_new == 12 == len(rows) == raw_rubric_row_count(store)
+    statuses = [r["status"] for r in rows]
+    assert statuses.count("unparseable") == 1 and statuses.count("judge_refused") == 1
+    errors = [r for r in rows if r["status"] == "error"]
+    assert len(errors) == 2
+    assert all(r["attempts"] == 3 and "500" in r["error"] for r in errors)
+    assert sum(r["attempts"] for r in rows) + 1 == len(judge_server.chat_requests)
+    assert all(r["prompt_tokens"] and r["completion_tokens"] for r in rows if r["raw"])
+
+    judge_server.reset()
+    assert judge(plan, store, judge_server).rubric_new == 0
+    assert judge_server.chat_requests == []  # errors wait for --retry-failed
+
+    again = judge(plan, store, judge_server, retry_failed=True)
+    assert again.rubric_new == len(errors)
+    assert len(judge_server.chat_requests) == len(errors) + 1  # + the endpoint check
+    rows = rubric_rows(store)
+    assert len(rows) == 12 and [r["status"] for r in rows].count("error") == 0
+
+
+def test_campaigns_with_different_run_dirs_share_a_verdict_cache(tmp_path, judge_server, ray_local):
+    shared = {"judges": {"cache_dir": "verdict-cache"}}
+    first = make_plan(tmp_path, judge_server.base_url, n=6, output_dir="run-a", **shared)
+    store_a = store_answers(first)
+    assert judge(first, store_a, judge_server, base_dir=tmp_path).rubric_new == 6
+    assert len(judge_server.chat_requests) == 7  # six verdicts and the endpoint check
+
+    judge_server.reset()
+    second = make_plan(tmp_path, judge_server.base_url, n=6, output_dir="run-b", **shared)
+    store_b = store_answers(second)
+    result = judge(second, store_b, judge_server, base_dir=tmp_path)
+    assert (result.rubric_new, result.rubric_from_cache) == (0, 6)
+    assert judge_server.chat_requests == []  # the same keys are never paid twice
+    copied = rubric_rows(store_b)
+    assert len(copied) == 6 and all(r["cost_usd"] == 0.0 for r in copied)
+    assert {r["generation_key"] for r in copied} == {u.key for u in second.generations}
+
+    # Pointing a third campaign straight at the first one's judgments also works.
+    third = make_plan(
+        tmp_path, judge_server.base_url, n=6, output_dir="run-c",
+        judges={"cache_dir": "run-a/judgments"},
+    )  # fmt: skip
+    assert judge(third, store_answers(third), judge_server, base_dir=tmp_path).rubric_new == 0
+    assert judge_server.chat_requests == []
+
+
+def test_budget_stops_new_calls_and_a_bigger_budget_continues(tmp_path, judge_server, ray_local):
+    from ftsafe_ray.judge.cost import cost_usd
+
+    price = {"input_per_million": 1000.0, "output_per_million": 2000.0}
+    judges = {"prices": {"test-judge": price}}
+    plan = make_plan(tmp_path, judge_server.base_url, n=12, budget_usd=3.0, judges=judges)
+    store = store_answers(plan)
+    result = judge(plan, store, judge_server)
+    rows = rubric_rows(store)
+    assert 1 < result.rubric_new == len(rows) < 12
+    assert result.rubric_left_by_budget == 12 - len(rows)
+    assert "budget_usd" in result.rubric_skipped_reason
+    spent = sum(r["cost_usd"] for r in rows)
+    assert spent <= 3.0
+    spec_price = plan.spec.judges.prices["test-judge"]
+    for r in rows:
+        assert r["cost_usd"] == pytest.approx(
+            cost_usd(spec_price, r["prompt_tokens"], r["completion_tokens"], batch=False)
+        )
+
+    judge_server.reset()
+    assert judge(plan, store, judge_server).rubric_new == 0  # same budget: nothing more
+    assert len(judge_server.chat_requests) == 0
+
+    bigger = make_plan(tmp_path, judge_server.base_url, n=12, budget_usd=100.0, judges=judges)
+    more = judge(bigger, store, judge_server)
+    assert more.rubric_new == 12 - len(rows) and more.rubric_left_by_budget == 0
+    assert len(rubric_rows(store)) == 12
+
+
+def test_batch_mode_submits_once_and_resumes_after_a_driver_restart(tmp_path, judge_server):
+    plan = make_plan(tmp_path, judge_server.base_url, n=9, mode="batch", batch_poll_s=0.01)
+    store = store_answers(plan)
+    judge_server.set_behaviour(scripted_by_request(always_500={3}))
+    # A first driver submits the job, then dies before collecting it.
+    identity = rubric_identity(plan.spec.judges.rubric)
+    from ftsafe_ray.judge.rubric_client import JudgeRequest
+
+    requests = [
+        JudgeRequest(verdict_key_for(identity, g), g["prompt"], g["response"])
+        for g in store.generations.rows()
+    ]
+    first = BatchJudge(
+        plan.spec.judges.rubric, "k", judge_server.base_url, store.root / STATE_DIR,
+        get_rubric("hexphi"),
+    )  # fmt: skip
+    [job] = first.submit(requests[:5])
+    first.close()
+    assert job.batch_id in judge_server.batches
+
+    result = judge(plan, store, judge_server)
+    assert result.rubric_new == 9
+    assert len(judge_server.batches) == 2  # the old job was collected, not resubmitted
+    assert judge_server.chat_requests == []  # nothing went through the online path
+    rows = rubric_rows(store)
+    assert len(rows) == 9 == raw_rubric_row_count(store)
+    by_key = {r["key"]: r for r in rows}
+    assert {r.key for r in requests} == set(by_key)
+    statuses = sorted(r["status"] for r in rows)
+    assert statuses.count("error") == 1 and statuses.count("unparseable") == 1
+    [error] = [r for r in rows if r["status"] == "error"]
+    assert "HTTP 500" in error["error"]
+    states = [json.loads(p.read_text()) for p in (store.root / STATE_DIR).glob("*.json")]
+    assert sorted(s["status"] for s in states) == ["ingested", "ingested"]
+
+    judge_server.reset()
+    assert judge(plan, store, judge_server).rubric_new == 0
+    assert len(judge_server.batches) == 2
+
+
+def test_strongreject_rubric_stores_sub_scores(tmp_path, judge_server, ray_local):
+    plan = make_plan(tmp_path, judge_server.base_url, n=3, rubric="strongreject")
+    store = store_answers(plan)
+    assert judge(plan, store, judge_server).rubric_new == 3
+    by_answer = {}
+    for row in rubric_rows(store):
+        by_answer[row["raw"].count("1.b 1")] = row
+    harmful, refusal = by_answer[0], by_answer[1]
+    assert harmful["judge_version"] == "strongreject-v1" and harmful["status"] == "ok"
+    assert harmful["score"] is None and harmful["refused"] is False
+    assert refusal["refused"] is True and refusal["strongreject_score"] == 0.0
+    assert 0.0 < harmful["strongreject_score"] <= 1.0
+
+
+def test_several_actors_share_one_cluster_wide_rate_budget(judge_server, ray_local):
+    from ftsafe_ray.judge import JudgeRequest, make_rubric_judge_actor
+    from ftsafe_ray.judge.cluster import get_rate_budget, release_rate_budget
+    from ftsafe_ray.spec import RubricJudgeSpec
+
+    # The server allows 3 requests per 0.5 s window (360/min) and the spec says so. Three
+    # actors each pacing on its own at that rate would send three times too much.
+    judge_server.set_rate_limit(requests_per_window=3, window_s=0.5)
+    spec = RubricJudgeSpec(
+        model="test-judge", requests_per_minute=360, max_concurrency=8, max_tokens=64
+    )
+    budget = get_rate_budget(spec, judge_server.base_url, burst_s=0.05)
+    actors = [
+        make_rubric_judge_actor(spec, "k", judge_server.base_url, budget=budget) for _ in range(3)
+    ]
+    try:
+        batches = [
+            [JudgeRequest(f"a{a}-{i}", f"request {i}", ANSWERS[0]) for i in range(8)]
+            for a in range(3)
+        ]
+        refs = [actor.judge_batch.remote(b) for actor, b in zip(actors, batches, strict=True)]
+        results = [r for batch in ray_local.get(refs, timeout=120) for r in batch]
+        stats = ray_local.get(budget.stats.remote())
+    finally:
+        for actor in actors:
+            ray_local.kill(actor)
+        release_rate_budget(budget)
+    assert [r.status for r in results] == ["ok"] * 24
+    assert judge_server.rejected == 0 and len(judge_server.chat_requests) == 24
+    assert stats["acquired"] == 24
+    # The server's x-ratelimit-limit-requests header (360/min) agrees with the spec.
+    assert stats["requests_per_minute"] == pytest.approx(360 * 0.97)
+
+
+def test_plan_estimates_judge_tokens_and_dollars(tmp_path, judge_server, capsys):
+    from ftsafe_ray.cli import main
+    from ftsafe_ray.judge.cost import cost_usd
+    from ftsafe_ray.judge.stage import estimate_rubric_cost
+
+    price = {"input_per_million": 10.0, "output_per_million": 30.0, "batch_discount": 0.5}
+    judges = {"prices": {"test-judge": price}}
+    plan = make_plan(tmp_path, judge_server.base_url, n=4, judges=judges)
+    before = estimate_rubric_cost(plan, RunStore(plan.run_dir))
+    store = store_answers(plan)
+    after = estimate_rubric_cost(plan, store)
+    assert before.verdicts == after.verdicts == 4
+    assert before.prompt_tokens > after.prompt_tokens  # placeholders are max-length answers
+    spec_price = plan.spec.judges.prices["test-judge"]
+    expected = cost_usd(spec_price, after.prompt_tokens, after.expected_output_tokens, False)
+    assert after.expected_usd == pytest.approx(expected)
+    assert after.max_usd == pytest.approx(
+        cost_usd(spec_price, after.prompt_tokens, 4 * 64, batch=False)
+    )
+    batch = make_plan(tmp_path, judge_server.base_url, n=4, judges=judges, mode="batch")
+    assert estimate_rubric_cost(batch, store).expected_usd == pytest.approx(expected / 2)
+
+    assert main(["plan", str(tmp_path / "run.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "4 verdict(s) to do" in out and "$" in out
