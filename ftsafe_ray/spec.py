@@ -143,6 +143,32 @@ class SamplingSpec(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
 
 
+class VllmSpec(_Strict):
+    """vLLM engine settings (used when generation.backend is 'vllm'); one engine per actor."""
+
+    max_loras: int = Field(4, ge=1, description="Adapters active in one batch on the device.")
+    max_cpu_loras: int | None = Field(
+        None, ge=1, description="Adapters cached in host memory (default: max_loras)."
+    )
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        16, description="Largest adapter rank the engine accepts (a vLLM-supported value)."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Share of each GPU's memory the engine may use."
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs one engine shards the model over (set num_gpus to match)."
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context length (prompt + answer); default: the model's."
+    )
+    max_num_seqs: int | None = Field(None, ge=1, description="Sequences decoded at once.")
+    enforce_eager: bool = Field(False, description="Skip CUDA graph capture (faster start).")
+    cpu_kvcache_space_gb: int = Field(
+        1, ge=1, description="KV cache size on CPU-only machines ($VLLM_CPU_KVCACHE_SPACE)."
+    )
+
+
 class GenerationSpec(_Strict):
     """Which generation backend runs and how it is placed."""
 
@@ -151,6 +177,36 @@ class GenerationSpec(_Strict):
     num_actors: int = Field(1, ge=1, description="Generator actors per base model.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per generator actor.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs per generator actor.")
+    check_adapters: bool = Field(
+        True,
+        description="Before generating, stop if an adapter answers a few prompts exactly "
+        "like the base model (an adapter that was not applied).",
+    )
+    vllm: VllmSpec = VllmSpec()
+
+    @model_validator(mode="after")
+    def _vllm_placement(self) -> GenerationSpec:
+        engine = self.vllm
+        problems = []
+        if engine.max_cpu_loras is not None and engine.max_cpu_loras < engine.max_loras:
+            problems.append(
+                f"vllm.max_cpu_loras: {engine.max_cpu_loras} is below vllm.max_loras "
+                f"{engine.max_loras}; set it >= max_loras or leave it unset"
+            )
+        if self.backend == "vllm" and self.num_gpus:
+            if engine.tensor_parallel_size > 1 and self.num_gpus != engine.tensor_parallel_size:
+                problems.append(
+                    f"num_gpus: {self.num_gpus:g} must equal vllm.tensor_parallel_size "
+                    f"{engine.tensor_parallel_size} (one engine holds all its GPUs)"
+                )
+            if self.num_gpus < 1 and engine.gpu_memory_utilization > self.num_gpus:
+                problems.append(
+                    f"vllm.gpu_memory_utilization: {engine.gpu_memory_utilization:g} exceeds this "
+                    f"actor's GPU share num_gpus={self.num_gpus:g}; set it <= {self.num_gpus:g}"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class FinetuneResources(_Strict):

@@ -42,12 +42,15 @@ def _single_thread():
 
 @pytest.fixture(scope="module")
 def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return train_reply_adapters(tiny_model_dir, tmp_path_factory.mktemp("adapters"))
+
+
+def train_reply_adapters(model_dir: Path, root: Path) -> dict[str, Path]:
     """Two adapters trained to give a fixed reply to any question."""
     from ftsafe_ray.finetune import train_lora
     from ftsafe_ray.models import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
-    root = tmp_path_factory.mktemp("adapters")
+    model, tokenizer = load_model_and_tokenizer(str(model_dir))
     lora = LoraSpec(r=16, alpha=32, target_modules=("all-linear",))
     train = TrainSpec(epochs=15, batch_size=8, micro_batch_size=8, learning_rate=2e-2)
     words = ["water", "food", "music", "a book", "a city", "money", "a game", "health"]

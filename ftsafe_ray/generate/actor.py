@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+BACKENDS = ("transformers", "vllm")
+
 
 class Generator:
     """Holds one generation backend for a base model; answers batches of rows."""
 
-    def __init__(self, model_path: str, dtype: str, backend: str, num_threads: int | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str,
+        backend: str,
+        num_threads: int | None = None,
+        vllm_settings: Any = None,
+    ):
         from ftsafe_ray.models.resolve import resolve_model_path
 
         if num_threads:
@@ -20,10 +29,16 @@ class Generator:
         if backend == "transformers":
             from ftsafe_ray.generate.transformers_backend import TransformersBackend
 
-            self.backend = TransformersBackend(path, dtype=dtype)
-        else:
-            raise ValueError(f"generation backend {backend!r} is not available; use 'transformers'")
+            self.backend: Any = TransformersBackend(path, dtype=dtype)
+        elif backend == "vllm":
+            from ftsafe_ray.generate.vllm_backend import VllmBackend
 
-    def generate(self, requests: list[Any], sampling: Any, batch_size: int) -> list[Any]:
+            self.backend = VllmBackend(path, dtype=dtype, settings=vllm_settings)
+        else:
+            raise ValueError(f"generation.backend {backend!r} is unknown; allowed: {BACKENDS}")
+
+    def generate(
+        self, requests: list[Any], sampling: Any, batch_size: int, seed: int = 0
+    ) -> list[Any]:
         """Generate answers for a batch of requests, in order."""
-        return self.backend.generate(requests, sampling, batch_size=batch_size)
+        return self.backend.generate(requests, sampling, batch_size=batch_size, seed=seed)

@@ -66,10 +66,13 @@ def run_generate_stage(plan: Plan, store: RunStore, progress: Progress) -> Gener
                     model.dtype,
                     settings.backend,
                     max(1, int(settings.num_cpus)) if settings.num_cpus else None,
+                    settings.vllm,
                 )
                 for _ in range(min(settings.num_actors, len(batches)))
             ]
             try:
+                if settings.check_adapters:
+                    _check_adapters(ray, actors[0], units, plan, store, progress)
                 generated += _drain(
                     ray, actors, batches, plan, store, buffer, progress, settings.batch_size
                 )
@@ -78,6 +81,37 @@ def run_generate_stage(plan: Plan, store: RunStore, progress: Progress) -> Gener
                     ray.kill(actor)
     progress.finish(STAGE)
     return GenerateStageResult(generated=generated, skipped=skipped, blocked=blocked)
+
+
+def _check_adapters(ray, actor, units, plan, store, progress) -> None:
+    """Stop before any answer is stored (or judged) if an adapter answers exactly like the base."""
+    from ftsafe_ray.generate.check import (
+        CHECK_PROMPTS,
+        build_probes,
+        check_sampling,
+        raise_if_unapplied,
+        unapplied,
+    )
+
+    conversations: dict[str, list] = {}
+    labels: dict[str, str] = {}
+    for unit in units:
+        target = unit.target
+        if target.is_base:
+            continue
+        labels[target.adapter_key] = f"{target.arm}/{target.size}/seed{target.seed}"
+        conversations.setdefault(target.adapter_key, []).append(unit.messages)
+    if not conversations:
+        return
+    adapters = [
+        (key, labels[key], str(store.adapter_dir(key)), found[:CHECK_PROMPTS])
+        for key, found in conversations.items()
+    ]
+    requests, probes = build_probes(adapters)
+    sampling = check_sampling(plan.spec.sampling)
+    results = ray.get(actor.generate.remote(requests, sampling, plan.spec.generation.batch_size))
+    raise_if_unapplied(unapplied(probes, results), min(len(c) for c in conversations.values()))
+    progress.log(f"generate: {len(probes)} adapter(s) change the base model's answers (checked)")
 
 
 def _drain(ray, actors, batches, plan, store, buffer, progress, batch_size) -> int:

@@ -77,6 +77,8 @@ def build_tiny_llama(out_dir: Path, seed: int = 0) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
+        # vLLM's CPU attention supports head sizes 32, 64, 80, ... but not hidden/heads = 16
+        head_dim=32,
         max_position_embeddings=512,
         # a wider init than 0.02 gives peaked logits, so greedy decoding has no near-ties
         initializer_range=0.1,
