@@ -172,3 +172,24 @@ def test_training_overwrites_existing_adapter_dir(tiny, tmp_path: Path) -> None:
     spec = TrainSpec(epochs=1, batch_size=2, micro_batch_size=2)
     train_lora(model, tokenizer, _examples("Okay.", n=2), LoraSpec(), spec, seed=0, out_dir=out)
     assert not (out / "stale.txt").exists() and (out / "adapter_model.safetensors").exists()
+
+
+def test_bf16_mixed_precision_learns_and_keeps_fp32_weights(tiny, tmp_path: Path) -> None:
+    import math
+
+    from safetensors.torch import load_file
+
+    model, tokenizer = tiny
+    spec = FAST.model_copy(update={"mixed_precision": "bf16"})
+    result = train_lora(
+        model,
+        tokenizer,
+        _examples("Sure, here is a fixed answer."),
+        LoraSpec(r=4, alpha=8),
+        spec,
+        seed=0,
+        out_dir=tmp_path / "bf16",
+    )
+    assert math.isfinite(result.final_loss) and result.final_loss < result.first_loss
+    weights = load_file(str(tmp_path / "bf16" / "adapter_model.safetensors"))
+    assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}

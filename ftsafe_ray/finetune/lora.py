@@ -100,6 +100,7 @@ def train_lora(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     micro = min(train.micro_batch_size, train.batch_size)
+    mixed_precision = train.mixed_precision == "bf16"
     steps_per_epoch = math.ceil(len(rows) / train.batch_size)
     total_steps = steps_per_epoch * train.epochs
 
@@ -132,7 +133,8 @@ def train_lora(
                 for m in range(0, len(batch_rows), micro):
                     batch = _pad_batch(batch_rows[m : m + micro], pad_id, device)
                     tokens += int(batch[1].sum())
-                    loss = _micro_loss_sum(peft_model, batch) / max(labelled, 1)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
+                        loss = _micro_loss_sum(peft_model, batch) / max(labelled, 1)
                     loss.backward()
                     step_loss += float(loss.detach())
                 optimizer.step()
