@@ -10,7 +10,7 @@ from typing import Any
 from ftsafe_ray import keys
 from ftsafe_ray.data import load_benchmark, load_chat_dataset
 from ftsafe_ray.data.records import BenchmarkItem, ChatExample
-from ftsafe_ray.errors import SpecError
+from ftsafe_ray.errors import DataError, SpecError
 from ftsafe_ray.spec import BaseModelSpec, CampaignSpec, FinetuneSpec, LoraSpec, TrainSpec
 
 BASE_ARM = "base"
@@ -130,14 +130,25 @@ def spec_hash(spec: CampaignSpec) -> str:
 
 def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
     """Load datasets and benchmarks and expand the grid of units."""
-    datasets = {
-        d.name: load_chat_dataset(d.source, d.format, base_dir=base_dir)[d.row_slice()]
-        for d in spec.datasets
-    }
-    benchmarks = [
-        (b, load_benchmark(b.source, b.format, base_dir=base_dir)[: b.limit])
-        for b in spec.benchmarks
-    ]
+    problems: list[str] = []
+    datasets: dict[str, list[ChatExample]] = {}
+    for i, d in enumerate(spec.datasets):
+        try:
+            loaded = load_chat_dataset(d.source, d.format, base_dir=base_dir)[d.row_slice()]
+        except DataError as error:
+            problems.append(f"datasets.{i} ({d.name}): {error}")
+            continue
+        if not loaded:
+            problems.append(f"datasets.{i} ({d.name}): no examples (check `rows`)")
+        datasets[d.name] = loaded
+    benchmarks = []
+    for i, b in enumerate(spec.benchmarks):
+        try:
+            benchmarks.append((b, load_benchmark(b.source, b.format, base_dir=base_dir)[: b.limit]))
+        except DataError as error:
+            problems.append(f"benchmarks.{i} ({b.name}): {error}")
+    if problems:
+        raise DataError("\n".join(problems))
     alignments: list[AlignUnit] = []
     finetunes: list[FinetuneUnit] = []
     targets: list[EvalTarget] = []

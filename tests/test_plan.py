@@ -127,3 +127,17 @@ def test_dataset_rows_slice_splits_one_file_in_two(tmp_path):
     )
     users = [example[0]["content"] for example in plan.finetunes[0].examples]
     assert users == [f"placeholder request {i}" for i in range(2, 6)]
+
+
+def test_every_missing_data_file_is_reported_at_once(tmp_path):
+    from ftsafe_ray.errors import DataError
+
+    with pytest.raises(DataError) as caught:
+        campaign(
+            tmp_path,
+            datasets=[{"name": "d", "source": "nope.jsonl"}],
+            benchmarks=[{"name": "b", "source": "missing.csv"}],
+        )
+    message = str(caught.value)
+    assert "datasets.0 (d)" in message and "nope.jsonl" in message
+    assert "benchmarks.0 (b)" in message and "missing.csv" in message

@@ -30,7 +30,7 @@ class FineTuner:
 
         self.model, self.tokenizer = load_model_and_tokenizer(self.model_path, self.dtype)
 
-    def train(self, unit: Any, adapter_dir: str) -> dict[str, Any]:
+    def train(self, unit: Any, adapter_dir: str, counter: Any = None) -> dict[str, Any]:
         """Train the unit's adapter into adapter_dir; return its finetunes-table row."""
         from ftsafe_ray.finetune.lora import train_lora
 
@@ -62,6 +62,7 @@ class FineTuner:
                 unit.train,
                 unit.seed,
                 Path(adapter_dir),
+                progress=_reporter(counter, unit.key),
             )
         except Exception as error:  # a failed fine-tune is a stored row, not a lost campaign
             row.update(
@@ -80,14 +81,14 @@ class FineTuner:
         )
         return row
 
-    def align(self, unit: Any, model_dir: str) -> dict[str, Any]:
+    def align(self, unit: Any, model_dir: str, counter: Any = None) -> dict[str, Any]:
         """Train the alignment LoRA, merge it into the base and save the merged model."""
         from peft import PeftModel
 
         out = Path(model_dir)
         work = out.with_name(f".inprogress-{out.name}")
         shutil.rmtree(work, ignore_errors=True)
-        row = self.train(unit, str(work / "alignment_adapter"))
+        row = self.train(unit, str(work / "alignment_adapter"), counter)
         row.update(arm="align", dataset=None, adapter_path=unit.model_dir)
         if row["status"] != "ok":
             shutil.rmtree(work, ignore_errors=True)
@@ -100,3 +101,14 @@ class FineTuner:
         os.replace(work, out)
         self._load()  # the held model now carries the merge; later calls need the plain base
         return row
+
+
+def _reporter(counter: Any, key: str) -> Any:
+    """A train_lora progress callback that tells the driver's step counter (fire and forget)."""
+    if counter is None:
+        return None
+
+    def report(step: int, _total: int, _loss: float) -> None:
+        counter.report.remote(key, step)
+
+    return report

@@ -1,14 +1,20 @@
-"""Fine-tune stage: send pending units to FineTuner actors, store each row as it finishes."""
+"""Fine-tune stages: align base models, then train every arm's adapter on FineTuner actors."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
-from ftsafe_ray.plan import FinetuneUnit, Plan
+from ftsafe_ray.errors import StageError
+from ftsafe_ray.plan import AlignUnit, FinetuneUnit, Plan
 from ftsafe_ray.progress import Progress
 from ftsafe_ray.store import RunStore
 
 STAGE = "fine-tune"
+ALIGN_STAGE = "align"
+STEPS = "train steps"
+POLL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -16,6 +22,23 @@ class FinetuneStageResult:
     trained: int
     failed: int
     skipped: int
+
+
+class StepCounter:
+    """A tiny actor that training actors report their optimiser steps to."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+
+    def report(self, key: str, step: int) -> None:
+        self.steps[key] = step
+
+    def total(self) -> int:
+        return sum(self.steps.values())
+
+
+def planned_steps(unit: FinetuneUnit | AlignUnit) -> int:
+    return math.ceil(len(unit.examples) / unit.train.batch_size) * unit.train.epochs
 
 
 def pending_finetunes(
@@ -33,98 +56,24 @@ def pending_finetunes(
     return pending, len(unique) - len(pending)
 
 
-def run_finetune_stage(
-    plan: Plan, store: RunStore, progress: Progress, retry_failed: bool = False
-) -> FinetuneStageResult:
-    """Train every missing adapter; each finished adapter's row is written at once."""
-    import ray
-
-    from ftsafe_ray.finetune.actor import FineTuner
-
-    pending, skipped = pending_finetunes(plan, store, retry_failed)
-    progress.start(STAGE, total=len(pending) + skipped, done=skipped)
-    trained = failed = 0
-    resources = plan.spec.finetune_resources
-    for model_name in dict.fromkeys(unit.model for unit in pending):
-        model = plan.model_spec(model_name)
-        units = [unit for unit in pending if unit.model == model_name]
-        actor_class = ray.remote(
-            num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
-        )(FineTuner)
-        actors = [
-            actor_class.remote(
-                plan.model_path(model_name), model.dtype, _threads(resources.num_cpus)
-            )
-            for _ in range(min(resources.num_actors, len(units)))
-        ]
-        in_flight = {}
-        queue = list(units)
-        try:
-            for actor in actors:
-                if queue:
-                    unit = queue.pop(0)
-                    ref = actor.train.remote(unit, str(store.adapter_dir(unit.key)))
-                    in_flight[ref] = actor
-            while in_flight:
-                [ref], _ = ray.wait(list(in_flight), num_returns=1)
-                actor = in_flight.pop(ref)
-                row = ray.get(ref)
-                store.finetunes.write([row])
-                if row["status"] == "ok":
-                    trained += 1
-                else:
-                    failed += 1
-                    progress.log(f"fine-tune {row['arm']} failed: {row['error'].splitlines()[0]}")
-                progress.advance(STAGE)
-                if queue:
-                    unit = queue.pop(0)
-                    ref = actor.train.remote(unit, str(store.adapter_dir(unit.key)))
-                    in_flight[ref] = actor
-        finally:
-            for actor in actors:
-                ray.kill(actor)
-    progress.finish(STAGE)
-    return FinetuneStageResult(trained=trained, failed=failed, skipped=skipped)
-
-
-def _threads(num_cpus: float) -> int | None:
-    """Ray pins OMP threads to the actor's CPU count; torch should use exactly those."""
-    return max(1, int(num_cpus)) if num_cpus else None
-
-
-ALIGN_STAGE = "align"
-
-
 def run_align_stage(plan: Plan, store: RunStore, progress: Progress) -> int:
     """Build every missing aligned base model (train, merge, save); return how many were built."""
-    import ray
-
-    from ftsafe_ray.errors import StageError
-    from ftsafe_ray.finetune.actor import FineTuner
-
+    if not plan.alignments:
+        return 0
     trained = store.finetunes.done_keys({"ok"})
     pending = [
         unit
         for unit in plan.alignments
         if unit.key not in trained or not (plan.run_dir / unit.model_dir).is_dir()
     ]
-    if not plan.alignments:
-        return 0
     progress.start(
         ALIGN_STAGE, total=len(plan.alignments), done=len(plan.alignments) - len(pending)
     )
-    resources = plan.spec.finetune_resources
     for unit in pending:
         model = plan.model_spec(unit.model)
-        actor = ray.remote(
-            num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
-        )(FineTuner).remote(model.path, model.dtype, _threads(resources.num_cpus))
-        try:
-            row = ray.get(actor.align.remote(unit, str(plan.run_dir / unit.model_dir)))
-        finally:
-            ray.kill(actor)
-        store.finetunes.write([row])
-        progress.advance(ALIGN_STAGE)
+        [row] = _train_on_actors(
+            plan, store, progress, model.path, [unit], "align", ALIGN_STAGE, num_actors=1
+        )
         if row["status"] != "ok":
             raise StageError(
                 f"models: alignment of {unit.model!r} failed "
@@ -132,3 +81,95 @@ def run_align_stage(plan: Plan, store: RunStore, progress: Progress) -> int:
             )
     progress.finish(ALIGN_STAGE)
     return len(pending)
+
+
+def run_finetune_stage(
+    plan: Plan, store: RunStore, progress: Progress, retry_failed: bool = False
+) -> FinetuneStageResult:
+    """Train every missing adapter; each finished adapter's row is written at once."""
+    pending, skipped = pending_finetunes(plan, store, retry_failed)
+    progress.start(STAGE, total=len(pending) + skipped, done=skipped)
+    rows: list[dict[str, Any]] = []
+    for model_name in dict.fromkeys(unit.model for unit in pending):
+        units = [unit for unit in pending if unit.model == model_name]
+        rows += _train_on_actors(
+            plan,
+            store,
+            progress,
+            plan.model_path(model_name),
+            units,
+            "train",
+            STAGE,
+            num_actors=plan.spec.finetune_resources.num_actors,
+        )
+    progress.finish(STAGE)
+    failed = sum(row["status"] != "ok" for row in rows)
+    return FinetuneStageResult(trained=len(rows) - failed, failed=failed, skipped=skipped)
+
+
+def _train_on_actors(
+    plan: Plan,
+    store: RunStore,
+    progress: Progress,
+    model_path: str,
+    units: list[Any],
+    method: str,
+    stage: str,
+    num_actors: int,
+) -> list[dict[str, Any]]:
+    """Run `method` for each unit on a pool of FineTuner actors; store each row as it lands."""
+    import ray
+
+    from ftsafe_ray.finetune.actor import FineTuner
+
+    resources = plan.spec.finetune_resources
+    dtype = plan.model_spec(units[0].model).dtype
+    actor_class = ray.remote(
+        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
+    )(FineTuner)
+    counter = ray.remote(num_cpus=0)(StepCounter).remote()
+    actors = [
+        actor_class.remote(model_path, dtype, _threads(resources.num_cpus))
+        for _ in range(min(num_actors, len(units)))
+    ]
+    progress.start(STEPS, total=sum(planned_steps(unit) for unit in units))
+    steps_seen = 0
+
+    def submit(actor: Any, unit: Any) -> Any:
+        where = (
+            str(plan.run_dir / unit.model_dir)
+            if method == "align"
+            else str(store.adapter_dir(unit.key))
+        )
+        return getattr(actor, method).remote(unit, where, counter)
+
+    queue = list(units)
+    in_flight = {submit(actor, queue.pop(0)): actor for actor in actors if queue}
+    rows = []
+    try:
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
+            steps_now = ray.get(counter.total.remote())
+            progress.advance(STEPS, steps_now - steps_seen)
+            steps_seen = steps_now
+            if not ready:
+                continue
+            actor = in_flight.pop(ready[0])
+            row = ray.get(ready[0])
+            store.finetunes.write([row])
+            rows.append(row)
+            if row["status"] != "ok":
+                progress.log(f"{stage} {row['arm']} failed: {row['error'].splitlines()[0]}")
+            progress.advance(stage)
+            if queue:
+                in_flight[submit(actor, queue.pop(0))] = actor
+    finally:
+        for actor in [*actors, counter]:
+            ray.kill(actor)
+    progress.finish(STEPS)
+    return rows
+
+
+def _threads(num_cpus: float) -> int | None:
+    """Ray pins OMP threads to the actor's CPU count; torch should use exactly those."""
+    return max(1, int(num_cpus)) if num_cpus else None
