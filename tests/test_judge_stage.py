@@ -5,6 +5,7 @@ cluster-wide rate budget with several actors."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -340,3 +341,23 @@ def test_plan_estimates_judge_tokens_and_dollars(tmp_path, judge_server, capsys)
     assert main(["plan", str(tmp_path / "run.yaml")]) == 0
     out = capsys.readouterr().out
     assert "4 verdict(s) to do" in out and "$" in out
+
+
+def test_the_budget_actor_outlives_no_user_and_is_made_again(ray_local):
+    from ftsafe_ray.judge.cluster import get_rate_budget, release_rate_budget
+    from ftsafe_ray.spec import RubricJudgeSpec
+
+    spec = RubricJudgeSpec(model="lifecycle", requests_per_minute=600)
+    first = get_rate_budget(spec, "http://127.0.0.1:1/v1", idle_exit_s=0.2)
+    again = get_rate_budget(spec, "http://127.0.0.1:1/v1", idle_exit_s=0.2)  # joins it
+    ray_local.get(again.acquire.remote(1))
+    assert ray_local.get(first.stats.remote())["acquired"] == 1
+    release_rate_budget(first)
+    release_rate_budget(again)
+    with pytest.raises(ray_local.exceptions.RayActorError):
+        for _ in range(50):
+            ray_local.get(first.stats.remote(), timeout=5)
+            time.sleep(0.1)
+    fresh = get_rate_budget(spec, "http://127.0.0.1:1/v1", idle_exit_s=0.2)
+    assert ray_local.get(fresh.stats.remote())["acquired"] == 0
+    release_rate_budget(fresh)

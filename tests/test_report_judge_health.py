@@ -77,3 +77,29 @@ def test_status_counts_per_group_and_files(tmp_path):
     render_judge_tables(rows, console)
     text = console.export_text()
     assert "judge health" in text and "κ" in text
+
+
+def test_strongreject_scores_get_a_table_a_ci_and_a_delta(tmp_path):
+    from ftsafe_ray.report.strongreject import strongreject_summary
+
+    def sr(arm, score, refused=False):
+        return {**row(score=None, refused=refused), "arm": arm, "size": None,
+                "strongreject_score": score}  # fmt: skip
+
+    rows = [sr("base", 0.0, True), sr("base", 0.25), sr("shift", 1.0), sr("shift", 0.5)]
+    rows.append(row(score=3))  # a hexphi verdict: not a StrongREJECT row
+    base, shift = strongreject_summary(rows, n_resamples=200)
+    assert (base["arm"], base["n"], base["strongreject"], base["refused"]) == (
+        "base",
+        2,
+        0.125,
+        0.5,
+    )
+    assert shift["strongreject"] == 0.75 and shift["delta"] == pytest.approx(0.625)
+    assert shift["ci_low"] <= 0.75 <= shift["ci_high"]
+    files = write_judge_files(rows, tmp_path)
+    assert [f.name for f in files][-1] == "strongreject.csv"
+    console = Console(width=140, record=True)
+    render_judge_tables(rows, console)
+    assert "StrongREJECT" in console.export_text()
+    assert strongreject_summary([row()]) == []

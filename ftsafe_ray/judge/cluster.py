@@ -115,12 +115,18 @@ def budget_name(spec: RubricJudgeSpec, base_url: str | None) -> str:
     return "judge-budget-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def get_rate_budget(spec: RubricJudgeSpec, base_url: str | None, burst_s: float = 1.0) -> Any:
+def get_rate_budget(
+    spec: RubricJudgeSpec,
+    base_url: str | None,
+    burst_s: float = 1.0,
+    idle_exit_s: float = IDLE_EXIT_S,
+) -> Any:
     """The cluster's budget actor for this judge, created on first use.
 
     A second campaign on the same cluster and endpoint joins the same budget; if it asks for
     lower limits, the budget lowers to them (it never rises while shared). `burst_s` is how
-    many seconds of the rate may go out at once. Call release_rate_budget when done.
+    many seconds of the rate may go out at once. Call release_rate_budget when done; the
+    actor exits `idle_exit_s` after its last user releases it.
     """
     import ray
 
@@ -136,7 +142,7 @@ def get_rate_budget(spec: RubricJudgeSpec, base_url: str | None, burst_s: float 
         actor = (
             ray.remote(JudgeRateBudget)
             .options(**options)
-            .remote(spec.requests_per_minute, spec.tokens_per_minute, IDLE_EXIT_S, burst_s)
+            .remote(spec.requests_per_minute, spec.tokens_per_minute, idle_exit_s, burst_s)
         )
         try:
             ray.get(actor.attach.remote())

@@ -101,7 +101,8 @@ def describe_estimate(judges: JudgesSpec, estimate: JudgeCostEstimate) -> str:
     head = (
         f"rubric judge ({spec.rubric}, {spec.model}, {spec.mode}): {estimate.verdicts} "
         f"verdict(s) to do, ~{estimate.prompt_tokens:,} prompt + ~"
-        f"{estimate.expected_output_tokens:,} output tokens (at most {estimate.max_output_tokens:,})"
+        f"{estimate.expected_output_tokens:,} output tokens "
+        f"(at most {estimate.max_output_tokens:,})"
     )
     if estimate.expected_usd is None:
         return f"{head}; add judges.prices.{spec.model} to see dollars"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -126,10 +127,15 @@ def run_judge_stage(
     todo: dict[str, dict[str, Any]] = {}
     for row in generations:
         key = verdict_key_for(identity, row)
-        if key not in done and (retry_failed or key not in failed):
+        if key not in done:
             todo.setdefault(key, row)
     cache = verdict_cache(plan, store, base_dir)
+    # A verdict in the shared cache replaces a local error for free, retry-failed or not.
     from_cache = _reuse_cached(cache, store, todo)
+    if from_cache:
+        progress.log(f"rubric: {from_cache} verdict(s) reused from {cache.directory}")
+    if not retry_failed:
+        todo = {key: row for key, row in todo.items() if key not in failed}
     rubric = RubricRun(plan, store, progress, access, todo, cache)
     rubric_new = rubric.run()
     return JudgeStageResult(
@@ -263,6 +269,7 @@ class RubricRun:
         self.remaining_usd = None if budget is None else budget - spent
         self.stop_reason: str | None = None
         self.left_by_budget = 0
+        self._cache_buffer: ShardBuffer | None = None
 
     def requests(self) -> list[JudgeRequest]:
         return [
@@ -302,17 +309,27 @@ class RubricRun:
             if self.remaining_usd is not None:
                 self.remaining_usd -= cost or 0.0
         buffer.add(rows)
-        if self.cache.directory != self.store.judgments.directory:
+        if self._cache_buffer is not None:
             # Errors are not verdicts: only paid, final rows go to the shared cache.
-            self.cache.write([dict(r) for r in rows if r["status"] in DONE_STATUSES])
+            self._cache_buffer.add([dict(r) for r in rows if r["status"] in DONE_STATUSES])
         self.progress.advance(RUBRIC, len(rows))
+
+    def flush(self, buffer: ShardBuffer) -> None:
+        buffer.flush()
+        if self._cache_buffer is not None:
+            self._cache_buffer.flush()
 
     def run(self) -> int:
         self.progress.start(RUBRIC, total=len(self.todo))
+        shared = self.cache.directory != self.store.judgments.directory
         try:
-            with ShardBuffer(self.store.judgments, max_rows=64, max_seconds=10) as buffer:
+            with contextlib.ExitStack() as stack:
+                buffer = stack.enter_context(ShardBuffer(self.store.judgments, 64, 10))
+                if shared:
+                    self._cache_buffer = stack.enter_context(ShardBuffer(self.cache, 256, 30))
                 count = self._batch(buffer) if self.batch else self._online(buffer)
         finally:
+            self._cache_buffer = None
             self.progress.finish(RUBRIC)
         self.left_by_budget = len(self.todo) - count
         if self.left_by_budget and self.remaining_usd is not None:
@@ -333,7 +350,11 @@ class RubricRun:
         try:
             pending = judge.pending()
             in_jobs = {key for job in pending for key in job.keys}
-            pending = [job for job in pending if set(job.keys) & set(self.todo)]
+            for job in pending:
+                if not set(job.keys) & set(self.todo):  # its rows were stored before a crash
+                    job.status = "ingested"
+                    job.save(judge.state_dir)
+            pending = [job for job in pending if job.status != "ingested"]
             fresh = [r for r in self.requests() if r.key not in in_jobs]
             jobs = pending + judge.submit(self.affordable(fresh, 0.0))
             ingest = [0]
@@ -341,7 +362,7 @@ class RubricRun:
             def on_results(results: list[JudgeResult]) -> None:
                 mine = [r for r in results if r.key in self.todo]
                 self.write(buffer, mine)
-                buffer.flush()
+                self.flush(buffer)  # a job's rows are stored before it is marked ingested
                 ingest[0] += len(mine)
 
             judge.collect(jobs, on_results)

@@ -113,8 +113,9 @@ def _csv(records: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
 
 
 def write_judge_files(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
-    """Write judge_health.csv and judge_agreement.csv into `out_dir`."""
+    """Write judge_health.csv, judge_agreement.csv (and strongreject.csv) into `out_dir`."""
     from ftsafe_ray.report.files import write_atomic
+    from ftsafe_ray.report.strongreject import strongreject_summary, write_strongreject_file
 
     health = status_counts(rows)
     agreement = [asdict(a) for a in judge_agreement(rows)]
@@ -122,6 +123,7 @@ def write_judge_files(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[
     return [
         write_atomic(out_dir / "judge_health.csv", _csv(health, [*HEALTH_BY, *STATUSES])),
         write_atomic(out_dir / "judge_agreement.csv", _csv(agreement, agreement_columns)),
+        *write_strongreject_file(strongreject_summary(rows), out_dir),
     ]
 
 
@@ -130,7 +132,11 @@ def _fmt(value: float | None) -> str:
 
 
 def render_judge_tables(rows: Sequence[Mapping[str, Any]], console: Console) -> None:
-    """Print rubric status counts (when a verdict is flagged) and rubric-vs-keyword agreement."""
+    """Print StrongREJECT scores (if any), rubric status counts (when a verdict is flagged) and
+    rubric-vs-keyword agreement."""
+    from ftsafe_ray.report.strongreject import render_strongreject, strongreject_summary
+
+    render_strongreject(strongreject_summary(rows), console)
     health = status_counts(rows)
     if any(h["unparseable"] or h["judge_refused"] or h["error"] for h in health):
         table = Table(title=None, pad_edge=False)

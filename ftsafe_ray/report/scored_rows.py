@@ -44,6 +44,7 @@ def scored_rows(
                 "rubric_score": verdict["score"] if verdict and verdict["status"] == "ok" else None,
                 "rubric_status": verdict["status"] if verdict else None,
                 "rubric_refused": verdict.get("refused") if verdict else None,
+                "strongreject_score": verdict.get("strongreject_score") if verdict else None,
             }
         )
     return rows
