@@ -361,3 +361,22 @@ def test_the_budget_actor_outlives_no_user_and_is_made_again(ray_local):
     fresh = get_rate_budget(spec, "http://127.0.0.1:1/v1", idle_exit_s=0.2)
     assert ray_local.get(fresh.stats.remote())["acquired"] == 0
     release_rate_budget(fresh)
+
+
+def test_without_configured_limits_429s_and_retry_after_still_land_every_row(
+    tmp_path, judge_server, ray_local
+):
+    # The user set no limits; the server allows 4 requests per 0.5 s and answers 429 with
+    # Retry-After past that. The pool learns the limit from the x-ratelimit headers, pauses
+    # everyone on each 429, and loses nothing.
+    judge_server.set_rate_limit(requests_per_window=4, window_s=0.5)
+    plan = make_plan(
+        tmp_path, judge_server.base_url, n=16, num_actors=2, max_concurrency=8, max_retries=8
+    )
+    store = store_answers(plan)
+    assert judge(plan, store, judge_server).rubric_new == 16
+    rows = rubric_rows(store)
+    assert [r["status"] for r in rows] == ["ok"] * 16 == ["ok"] * raw_rubric_row_count(store)
+    assert judge_server.rejected > 0  # it did have to back off
+    assert sum(r["attempts"] for r in rows) + 1 == len(judge_server.chat_requests)
+    assert max(r["attempts"] for r in rows) <= 9
