@@ -380,3 +380,38 @@ def test_without_configured_limits_429s_and_retry_after_still_land_every_row(
     assert judge_server.rejected > 0  # it did have to back off
     assert sum(r["attempts"] for r in rows) + 1 == len(judge_server.chat_requests)
     assert max(r["attempts"] for r in rows) <= 9
+
+
+def test_batch_jobs_already_submitted_count_against_the_budget(tmp_path, judge_server):
+    from ftsafe_ray.judge.rubric_client import JudgeRequest
+
+    price = {"input_per_million": 1000.0, "output_per_million": 2000.0, "batch_discount": 1.0}
+    settings = {"mode": "batch", "batch_poll_s": 0.01, "judges": {"prices": {"test-judge": price}}}
+    plan = make_plan(tmp_path, judge_server.base_url, n=8, budget_usd=100.0, **settings)
+    store = store_answers(plan)
+    identity = rubric_identity(plan.spec.judges.rubric)
+    requests = [
+        JudgeRequest(verdict_key_for(identity, g), g["prompt"], g["response"])
+        for g in store.generations.rows()
+    ]
+    first = BatchJudge(
+        plan.spec.judges.rubric, "k", judge_server.base_url, store.root / STATE_DIR,
+        get_rubric("hexphi"),
+    )  # fmt: skip
+    first.submit(requests[:5])  # then the driver dies
+    first.close()
+    # A budget that covers the five submitted requests (worst case) but not one more.
+    from ftsafe_ray.judge.cost import cost_usd, request_tokens
+    from ftsafe_ray.judge.rubric import build_rubric_messages
+
+    spec_price = plan.spec.judges.prices["test-judge"]
+    five = sum(
+        cost_usd(
+            spec_price, request_tokens(build_rubric_messages(r.instruction, r.answer)), 64, True
+        )
+        for r in requests[:5]
+    )
+    plan = make_plan(tmp_path, judge_server.base_url, n=8, budget_usd=five * 1.01, **settings)
+    result = judge(plan, store, judge_server)
+    assert (result.rubric_new, result.rubric_left_by_budget) == (5, 3)
+    assert len(judge_server.batches) == 1  # no new job: it could have gone over budget

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,15 +9,13 @@ from typing import Any
 
 from ftsafe_ray import keys
 from ftsafe_ray.errors import JudgeError
-from ftsafe_ray.judge.rubric_client import JudgeRequest, JudgeResult
 from ftsafe_ray.plan import Plan
 from ftsafe_ray.progress import Progress
 from ftsafe_ray.spec import RubricJudgeSpec
-from ftsafe_ray.store import DONE_STATUSES, JUDGMENTS, ParquetTable, RunStore, ShardBuffer
+from ftsafe_ray.store import DONE_STATUSES, JUDGMENTS, ParquetTable, RunStore
 
 KEYWORD = "keyword"
 RUBRIC = "rubric"
-RUBRIC_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -136,6 +132,8 @@ def run_judge_stage(
         progress.log(f"rubric: {from_cache} verdict(s) reused from {cache.directory}")
     if not retry_failed:
         todo = {key: row for key, row in todo.items() if key not in failed}
+    from ftsafe_ray.judge.rubric_run import RubricRun
+
     rubric = RubricRun(plan, store, progress, access, todo, cache)
     rubric_new = rubric.run()
     return JudgeStageResult(
@@ -222,203 +220,3 @@ def _keyword(generations, done, store, progress) -> int:
     progress.advance("keyword", len(rows))
     progress.finish("keyword")
     return len(rows)
-
-
-def verdict_row(result: JudgeResult, generation_key: str, spec, version, cost) -> dict:
-    """The judgments-table row of one rubric result."""
-    return {
-        "key": result.key,
-        "generation_key": generation_key,
-        "judge": RUBRIC,
-        "judge_model": spec.model,
-        "judge_version": version,
-        "status": result.status,
-        "score": result.score,
-        "refused": result.refused,
-        "reason": result.reason,
-        "raw": result.raw,
-        "error": result.error,
-        "attempts": result.attempts,
-        "latency_s": result.latency_s,
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "cost_usd": cost,
-        "convincing": result.convincing,
-        "specific": result.specific,
-        "strongreject_score": result.strongreject_score,
-    }
-
-
-class RubricRun:
-    """One pass of the rubric judge over `todo`: online through actors, or by Batch API."""
-
-    def __init__(self, plan, store, progress, access, todo, cache: ParquetTable) -> None:
-        from ftsafe_ray.judge.cost import price_of, spent_usd
-        from ftsafe_ray.judge.rubrics import get_rubric
-
-        self.plan, self.store, self.progress, self.access = plan, store, progress, access
-        self.spec: RubricJudgeSpec = plan.spec.judges.rubric
-        self.todo = todo
-        self.rubric = get_rubric(self.spec.rubric)
-        self.cache = cache
-        self.price = price_of(plan.spec.judges)
-        self.batch = self.spec.mode == "batch"
-        columns = ["judge", "judge_model", "cost_usd"]
-        spent = spent_usd(store.judgments.rows(columns), self.spec.model)
-        budget = self.spec.budget_usd
-        self.remaining_usd = None if budget is None else budget - spent
-        self.stop_reason: str | None = None
-        self.left_by_budget = 0
-        self._cache_buffer: ShardBuffer | None = None
-
-    def requests(self) -> list[JudgeRequest]:
-        return [
-            JudgeRequest(key=key, instruction=row["prompt"], answer=row["response"])
-            for key, row in self.todo.items()
-        ]
-
-    def max_cost(self, request: JudgeRequest) -> float:
-        """The most one request can cost: its prompt and a reply of max_tokens."""
-        from ftsafe_ray.judge.cost import cost_usd, request_tokens
-
-        messages = self.rubric.build_messages(request.instruction, request.answer)
-        prompt = request_tokens(messages)
-        return cost_usd(self.price, prompt, self.spec.max_tokens, self.batch) or 0.0
-
-    def affordable(self, requests: list[JudgeRequest], reserved: float) -> list[JudgeRequest]:
-        """The longest prefix of `requests` whose worst-case cost fits what is left."""
-        if self.remaining_usd is None:
-            return requests
-        out = []
-        for request in requests:
-            cost = self.max_cost(request)
-            if reserved + cost > self.remaining_usd:
-                break
-            reserved += cost
-            out.append(request)
-        return out
-
-    def write(self, buffer: ShardBuffer, results: list[JudgeResult]) -> None:
-        from ftsafe_ray.judge.cost import cost_usd
-
-        rows = []
-        for result in results:
-            cost = cost_usd(self.price, result.prompt_tokens, result.completion_tokens, self.batch)
-            generation_key = self.todo[result.key]["key"]
-            rows.append(verdict_row(result, generation_key, self.spec, self.rubric.version, cost))
-            if self.remaining_usd is not None:
-                self.remaining_usd -= cost or 0.0
-        buffer.add(rows)
-        if self._cache_buffer is not None:
-            # Errors are not verdicts: only paid, final rows go to the shared cache.
-            self._cache_buffer.add([dict(r) for r in rows if r["status"] in DONE_STATUSES])
-        self.progress.advance(RUBRIC, len(rows))
-
-    def flush(self, buffer: ShardBuffer) -> None:
-        buffer.flush()
-        if self._cache_buffer is not None:
-            self._cache_buffer.flush()
-
-    def run(self) -> int:
-        self.progress.start(RUBRIC, total=len(self.todo))
-        shared = self.cache.directory != self.store.judgments.directory
-        try:
-            with contextlib.ExitStack() as stack:
-                buffer = stack.enter_context(ShardBuffer(self.store.judgments, 64, 10))
-                if shared:
-                    self._cache_buffer = stack.enter_context(ShardBuffer(self.cache, 256, 30))
-                count = self._batch(buffer) if self.batch else self._online(buffer)
-        finally:
-            self._cache_buffer = None
-            self.progress.finish(RUBRIC)
-        self.left_by_budget = len(self.todo) - count
-        if self.left_by_budget and self.remaining_usd is not None:
-            self.stop_reason = (
-                f"judges.rubric.budget_usd ({self.spec.budget_usd:g}) reached: "
-                f"{self.left_by_budget} answer(s) left unjudged; raise budget_usd and rerun "
-                "to continue"
-            )
-        return count
-
-    def _batch(self, buffer: ShardBuffer) -> int:
-        from ftsafe_ray.judge.batch import STATE_DIR, BatchJudge
-
-        judge = BatchJudge(
-            self.spec, self.access.api_key, self.access.base_url,
-            self.store.root / STATE_DIR, self.rubric,
-        )  # fmt: skip
-        try:
-            pending = judge.pending()
-            in_jobs = {key for job in pending for key in job.keys}
-            for job in pending:
-                if not set(job.keys) & set(self.todo):  # its rows were stored before a crash
-                    job.status = "ingested"
-                    job.save(judge.state_dir)
-            pending = [job for job in pending if job.status != "ingested"]
-            fresh = [r for r in self.requests() if r.key not in in_jobs]
-            jobs = pending + judge.submit(self.affordable(fresh, 0.0))
-            ingest = [0]
-
-            def on_results(results: list[JudgeResult]) -> None:
-                mine = [r for r in results if r.key in self.todo]
-                self.write(buffer, mine)
-                self.flush(buffer)  # a job's rows are stored before it is marked ingested
-                ingest[0] += len(mine)
-
-            judge.collect(jobs, on_results)
-            return ingest[0]
-        finally:
-            judge.close()
-
-    def _online(self, buffer: ShardBuffer) -> int:
-        import ray
-
-        from ftsafe_ray.judge.cluster import get_rate_budget, release_rate_budget
-        from ftsafe_ray.judge.pool import make_rubric_judge_actor
-
-        if not self.affordable(self.requests()[:1], 0.0):
-            return 0  # nothing left to do, or not one more call fits the budget
-        spec, access = self.spec, self.access
-        budget = get_rate_budget(spec, access.base_url)
-        actors = [
-            make_rubric_judge_actor(spec, access.api_key, access.base_url, budget=budget)
-            for _ in range(spec.num_actors)
-        ]
-        try:
-            try:
-                ray.get(actors[0].check.remote())
-            except ray.exceptions.RayTaskError as error:
-                cause = error.cause if isinstance(error.cause, JudgeError) else error
-                raise JudgeError(f"judges.rubric: {cause}") from None
-            return self._dispatch(actors, buffer)
-        finally:
-            for actor in actors:
-                ray.kill(actor)
-            release_rate_budget(budget)
-
-    def _dispatch(self, actors: list[Any], buffer: ShardBuffer) -> int:
-        """Keep every actor fed with a few batches; stop sending when the budget is spent."""
-        import ray
-
-        requests = self.requests()
-        window = len(actors) * (math.ceil(2 * self.spec.max_concurrency / RUBRIC_BATCH) + 2)
-        in_flight: dict[Any, float] = {}
-        reserved, sent, count, turn = 0.0, 0, 0, 0
-        while True:
-            while sent < len(requests) and len(in_flight) < window:
-                batch = self.affordable(requests[sent : sent + RUBRIC_BATCH], reserved)
-                if not batch:
-                    break
-                cost = sum(self.max_cost(r) for r in batch) if self.price else 0.0
-                ref = actors[turn % len(actors)].judge_batch.remote(batch)
-                in_flight[ref] = cost
-                reserved += cost
-                sent += len(batch)
-                turn += 1
-            if not in_flight:
-                return count
-            [ref], _ = ray.wait(list(in_flight), num_returns=1)
-            reserved -= in_flight.pop(ref)
-            results = ray.get(ref)
-            self.write(buffer, results)
-            count += len(results)
