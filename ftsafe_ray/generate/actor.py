@@ -18,27 +18,40 @@ class Generator:
         num_threads: int | None = None,
         vllm_settings: Any = None,
     ):
-        from ftsafe_ray.models.resolve import resolve_model_path
+        from ftsafe_ray.errors import FtsafeError
 
         if num_threads:
             import torch
 
             torch.set_num_threads(num_threads)
         self.backend_name = backend
-        path = resolve_model_path(model_path)
-        if backend == "transformers":
-            from ftsafe_ray.generate.transformers_backend import TransformersBackend
-
-            self.backend: Any = TransformersBackend(path, dtype=dtype)
-        elif backend == "vllm":
-            from ftsafe_ray.generate.vllm_backend import VllmBackend
-
-            self.backend = VllmBackend(path, dtype=dtype, settings=vllm_settings)
-        else:
-            raise ValueError(f"generation.backend {backend!r} is unknown; allowed: {BACKENDS}")
+        self._init_error: FtsafeError | None = None
+        try:
+            self.backend = _start_backend(model_path, dtype, backend, vllm_settings)
+        except FtsafeError as error:
+            # Ray reports a failed __init__ as a multi-line ActorDiedError that drops the cause;
+            # raised from a method instead, the driver gets the user-facing error itself.
+            self._init_error = error
 
     def generate(
         self, requests: list[Any], sampling: Any, batch_size: int, seed: int = 0
     ) -> list[Any]:
         """Generate answers for a batch of requests, in order."""
+        if self._init_error is not None:
+            raise self._init_error
         return self.backend.generate(requests, sampling, batch_size=batch_size, seed=seed)
+
+
+def _start_backend(model_path: str, dtype: str, backend: str, vllm_settings: Any) -> Any:
+    from ftsafe_ray.models.resolve import resolve_model_path
+
+    path = resolve_model_path(model_path)
+    if backend == "transformers":
+        from ftsafe_ray.generate.transformers_backend import TransformersBackend
+
+        return TransformersBackend(path, dtype=dtype)
+    if backend == "vllm":
+        from ftsafe_ray.generate.vllm_backend import VllmBackend
+
+        return VllmBackend(path, dtype=dtype, settings=vllm_settings)
+    raise ValueError(f"generation.backend {backend!r} is unknown; allowed: {BACKENDS}")

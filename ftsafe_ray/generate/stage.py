@@ -109,7 +109,7 @@ def _check_adapters(ray, actor, units, plan, store, progress) -> None:
     ]
     requests, probes = build_probes(adapters)
     sampling = check_sampling(plan.spec.sampling)
-    results = ray.get(actor.generate.remote(requests, sampling, plan.spec.generation.batch_size))
+    results = _get(ray, actor.generate.remote(requests, sampling, plan.spec.generation.batch_size))
     raise_if_unapplied(unapplied(probes, results), min(len(c) for c in conversations.values()))
     progress.log(f"generate: {len(probes)} adapter(s) change the base model's answers (checked)")
 
@@ -142,7 +142,7 @@ def _drain(ray, actors, batches, plan, store, buffer, progress, batch_size) -> i
     while in_flight:
         [ref], _ = ray.wait(list(in_flight), num_returns=1)
         actor, batch = in_flight.pop(ref)
-        results = ray.get(ref)
+        results = _get(ray, ref)
         buffer.add([_row(unit, result, plan) for unit, result in zip(batch, results, strict=True)])
         count += len(batch)
         progress.advance(STAGE, len(batch))
@@ -150,6 +150,18 @@ def _drain(ray, actors, batches, plan, store, buffer, progress, batch_size) -> i
             batch = queue.pop(0)
             in_flight[submit(actor, batch)] = (actor, batch)
     return count
+
+
+def _get(ray, ref) -> Any:
+    """ray.get, re-raising a user-facing error from an actor as itself (one line, no traceback)."""
+    from ftsafe_ray.errors import FtsafeError
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, FtsafeError):
+            raise error.cause from None
+        raise
 
 
 def _row(unit: GenerationUnit, result: Any, plan: Plan) -> dict[str, Any]:

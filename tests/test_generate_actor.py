@@ -1,0 +1,31 @@
+"""The Generator actor on real Ray: user-facing errors reach the driver as themselves."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftsafe_ray.errors import DataError, StageError
+from ftsafe_ray.generate.actor import Generator
+from ftsafe_ray.generate.stage import _get
+from ftsafe_ray.spec import SamplingSpec
+
+
+def test_errors_raised_in_tasks_and_actor_init_arrive_in_one_line(ray_local) -> None:
+    @ray_local.remote
+    def fail() -> None:
+        raise StageError("adapter /a: rank r=32 exceeds generation.vllm.max_lora_rank=16")
+
+    with pytest.raises(StageError) as caught:
+        _get(ray_local, fail.remote())
+    assert str(caught.value) == "adapter /a: rank r=32 exceeds generation.vllm.max_lora_rank=16"
+
+    actor = ray_local.remote(num_cpus=0)(Generator).remote("builtin:nope", "float32", "vllm")
+    with pytest.raises(DataError, match="unknown built-in model 'builtin:nope'") as caught:
+        _get(ray_local, actor.generate.remote([], SamplingSpec(), 4))
+    assert "\n" not in str(caught.value)
+    ray_local.kill(actor)
+
+
+def test_unknown_backend_is_named() -> None:
+    with pytest.raises(ValueError, match=r"generation\.backend 'tgi' is unknown"):
+        Generator("/nowhere", "float32", "tgi")
