@@ -415,3 +415,34 @@ def test_batch_jobs_already_submitted_count_against_the_budget(tmp_path, judge_s
     result = judge(plan, store, judge_server)
     assert (result.rubric_new, result.rubric_left_by_budget) == (5, 3)
     assert len(judge_server.batches) == 1  # no new job: it could have gone over budget
+
+
+def test_a_driver_that_died_between_upload_and_create_is_recovered(tmp_path, judge_server):
+    from ftsafe_ray.judge.batch import BatchJob
+
+    plan = make_plan(tmp_path, judge_server.base_url, n=6, mode="batch", batch_poll_s=0.01)
+    store = store_answers(plan)
+    identity = rubric_identity(plan.spec.judges.rubric)
+    keys = [verdict_key_for(identity, g) for g in store.generations.rows()]
+    state_dir = store.root / STATE_DIR
+    judge_ = BatchJudge(plan.spec.judges.rubric, "k", judge_server.base_url, state_dir,
+                        get_rubric("hexphi"))  # fmt: skip
+    # Job A was created at the API but its id never reached the state file.
+    from ftsafe_ray.judge.rubric_client import JudgeRequest
+
+    rows = {verdict_key_for(identity, g): g for g in store.generations.rows()}
+    created = judge_.submit(
+        [JudgeRequest(k, rows[k]["prompt"], rows[k]["response"]) for k in keys[:2]]
+    )
+    [job_a] = created
+    BatchJob(job_a.name, job_a.keys, None, job_a.input_file_id, "submitting").save(state_dir)
+    # Job B was uploaded but never created.
+    BatchJob("never-created", keys[2:4], None, "file-x", "submitting").save(state_dir)
+    judge_.close()
+
+    assert judge(plan, store, judge_server).rubric_new == 6
+    assert len(judge_server.batches) == 2  # A collected, the rest (B's keys + 2) in one new job
+    assert len(rubric_rows(store)) == 6 == raw_rubric_row_count(store)
+    states = {p.stem: json.loads(p.read_text()) for p in state_dir.glob("*.json")}
+    assert states[job_a.name]["batch_id"] == job_a.batch_id
+    assert {s["status"] for s in states.values()} == {"ingested"}

@@ -124,8 +124,9 @@ class RubricRun:
         finally:
             self._cache_buffer = None
             self.progress.finish(RUBRIC)
-        self.left_by_budget = len(self.todo) - count
-        if self.left_by_budget and self.remaining_usd is not None:
+        if self.remaining_usd is not None:
+            self.left_by_budget = len(self.todo) - count
+        if self.left_by_budget:
             self.stop_reason = (
                 f"judges.rubric.budget_usd ({self.spec.budget_usd:g}) reached: "
                 f"{self.left_by_budget} answer(s) left unjudged; raise budget_usd and rerun "
@@ -141,7 +142,8 @@ class RubricRun:
             self.store.root / STATE_DIR, self.rubric,
         )  # fmt: skip
         try:
-            pending = judge.pending()
+            # Recover first: a job that was never created gives its keys back to `fresh`.
+            pending = [j for j in map(judge.recover, judge.pending()) if j is not None]
             in_jobs = {key for job in pending for key in job.keys}
             for job in pending:
                 if not set(job.keys) & set(self.todo):  # its rows were stored before a crash
