@@ -446,3 +446,37 @@ def test_a_driver_that_died_between_upload_and_create_is_recovered(tmp_path, jud
     states = {p.stem: json.loads(p.read_text()) for p in state_dir.glob("*.json")}
     assert states[job_a.name]["batch_id"] == job_a.batch_id
     assert {s["status"] for s in states.values()} == {"ingested"}
+
+
+class DyingJudge:
+    """A judge actor whose process exits on its first batch."""
+
+    def judge_batch(self, requests):
+        import os
+
+        os._exit(1)
+
+
+def test_a_dead_judge_actor_turns_its_batch_into_error_rows(tmp_path, judge_server, ray_local):
+    from ftsafe_ray.judge import make_rubric_judge_actor
+    from ftsafe_ray.judge.rubric_run import RubricRun
+    from ftsafe_ray.store import ShardBuffer
+
+    plan = make_plan(tmp_path, judge_server.base_url, n=200, max_concurrency=4)
+    store = store_answers(plan)
+    identity = rubric_identity(plan.spec.judges.rubric)
+    todo = {verdict_key_for(identity, g): g for g in store.generations.rows()}
+    run = RubricRun(plan, store, PlainProgress(interval_s=60), None, todo, store.judgments)
+    dying = ray_local.remote(DyingJudge).options(max_restarts=0).remote()
+    healthy = make_rubric_judge_actor(plan.spec.judges.rubric, "k", judge_server.base_url)
+    try:
+        with ShardBuffer(store.judgments) as buffer:
+            assert run._dispatch([dying, healthy], buffer) == 200
+    finally:
+        ray_local.kill(healthy)
+    rows = rubric_rows(store)
+    assert len(rows) == 200 == raw_rubric_row_count(store)
+    died = [r for r in rows if r["status"] == "error"]
+    assert died and all("actor died" in r["error"] for r in died)
+    # Only batches sent before the death was seen fail; the healthy actor does the rest.
+    assert [r["status"] for r in rows].count("ok") >= 200 - 4 * 16

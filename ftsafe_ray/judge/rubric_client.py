@@ -197,6 +197,7 @@ class RubricJudgeClient:
         self._sleep = sleep
         self._draw = draw
         self._clock = clock
+        self._reported_limits: tuple[int | None, int | None] = (None, None)
 
     async def _complete(
         self, messages: list[dict[str, str]], max_tokens: int, max_retries: int
@@ -232,8 +233,11 @@ class RubricJudgeClient:
     def _adapt(self, headers: Mapping[str, str], cost: int) -> None:
         """Follow the provider's `x-ratelimit-*` headers: lower limits, pause when spent."""
         hint = read_ratelimit_headers(headers, cost)
-        if hint.requests_per_minute or hint.tokens_per_minute:
-            self._limiter.lower_limits(hint.requests_per_minute, hint.tokens_per_minute)
+        limits = (hint.requests_per_minute, hint.tokens_per_minute)
+        if any(limits) and limits != self._reported_limits:
+            # Only on a change: with a cluster budget each call is a message to its actor.
+            self._reported_limits = limits
+            self._limiter.lower_limits(*limits)
         if hint.pause_s:
             self._limiter.slow_down(hint.pause_s)
 

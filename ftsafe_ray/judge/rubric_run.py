@@ -195,28 +195,47 @@ class RubricRun:
             release_rate_budget(budget)
 
     def _dispatch(self, actors: list[Any], buffer: ShardBuffer) -> int:
-        """Keep every actor fed with a few batches; stop sending when the budget is spent."""
+        """Keep every actor fed with a few batches; stop sending when the budget is spent.
+
+        A batch whose actor died is stored as error rows (its requests may have been paid;
+        --retry-failed redoes them) and the other actors carry on.
+        """
         import ray
 
+        from ftsafe_ray.judge.rubric_client import error_result
+
+        alive = list(actors)
         requests = self.requests()
-        window = len(actors) * (math.ceil(2 * self.spec.max_concurrency / RUBRIC_BATCH) + 2)
-        in_flight: dict[Any, float] = {}
+        window = len(alive) * (math.ceil(2 * self.spec.max_concurrency / RUBRIC_BATCH) + 2)
+        in_flight: dict[Any, tuple[Any, list[JudgeRequest], float]] = {}
         reserved, sent, count, turn = 0.0, 0, 0, 0
         while True:
-            while sent < len(requests) and len(in_flight) < window:
+            while alive and sent < len(requests) and len(in_flight) < window:
                 batch = self.affordable(requests[sent : sent + RUBRIC_BATCH], reserved)
                 if not batch:
                     break
                 cost = sum(self.max_cost(r) for r in batch) if self.price else 0.0
-                ref = actors[turn % len(actors)].judge_batch.remote(batch)
-                in_flight[ref] = cost
+                actor = alive[turn % len(alive)]
+                in_flight[actor.judge_batch.remote(batch)] = (actor, batch, cost)
                 reserved += cost
                 sent += len(batch)
                 turn += 1
             if not in_flight:
+                if sent < len(requests) and not alive:
+                    raise JudgeError(
+                        f"judges.rubric: every judge actor died; {len(requests) - sent} "
+                        "answer(s) left unjudged, rerun to resume"
+                    )
                 return count
             [ref], _ = ray.wait(list(in_flight), num_returns=1)
-            reserved -= in_flight.pop(ref)
-            results = ray.get(ref)
+            actor, batch, cost = in_flight.pop(ref)
+            reserved -= cost
+            try:
+                results = ray.get(ref)
+            except ray.exceptions.RayActorError as error:
+                if actor in alive:
+                    alive.remove(actor)
+                message = f"judge actor died: {type(error).__name__}"
+                results = [error_result(r.key, message, 0, 0.0) for r in batch]
             self.write(buffer, results)
             count += len(results)
