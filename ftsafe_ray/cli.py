@@ -111,6 +111,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  finetunes {store.finetunes.count()} rows, generations "
             f"{store.generations.count()} rows, judgments {store.judgments.count()} rows"
         )
+        from ftsafe_ray.judge.cost import describe_judgments
+
+        for line in describe_judgments(store.judgments.rows(["judge", "status", "cost_usd"])):
+            print(f"  {line}")
         if manifest:
             print(f"  last run: {manifest.get('last_run_seconds')}s, {manifest.get('updated_at')}")
             print(f"  counts: {manifest.get('last_run_counts')}")

@@ -81,3 +81,6 @@ def test_run_stores_errors_and_retry_failed_redoes_only_them(
     capsys.readouterr()
     assert main(["plan", str(campaign)]) == 0
     assert "0 verdict(s) to do" in capsys.readouterr().out
+    assert main(["status", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert f"rubric verdicts: {distinct} ok" in out and "judge spend: $" in out

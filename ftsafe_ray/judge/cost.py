@@ -111,3 +111,20 @@ def describe_estimate(judges: JudgesSpec, estimate: JudgeCostEstimate) -> str:
     if spec.budget_usd is not None:
         spent += f" of budget_usd ${spec.budget_usd:,.2f}"
     return f"{head} {money}; {spent}"
+
+
+def describe_judgments(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """For `ftsafe status`: verdict statuses per judge and what the rubric judge cost."""
+    counts: dict[str, dict[str, int]] = {}
+    spent = 0.0
+    for row in rows:
+        judge = counts.setdefault(row.get("judge") or "?", {})
+        judge[row.get("status") or "?"] = judge.get(row.get("status") or "?", 0) + 1
+        spent += row.get("cost_usd") or 0.0
+    lines = []
+    for judge, statuses in sorted(counts.items()):
+        parts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+        lines.append(f"{judge} verdicts: {parts}")
+    if spent:
+        lines.append(f"judge spend: ${spent:,.2f}")
+    return lines
