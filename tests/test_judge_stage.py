@@ -480,3 +480,17 @@ def test_a_dead_judge_actor_turns_its_batch_into_error_rows(tmp_path, judge_serv
     assert died and all("actor died" in r["error"] for r in died)
     # Only batches sent before the death was seen fail; the healthy actor does the rest.
     assert [r["status"] for r in rows].count("ok") >= 200 - 4 * 16
+
+
+def test_batch_mode_at_an_endpoint_without_batches_is_a_one_line_error(tmp_path, judge_server):
+    from ftsafe_ray.errors import JudgeError
+
+    url = judge_server.base_url + "/no-batches"
+    plan = make_plan(tmp_path, url, n=2, mode="batch", max_retries=0)
+    store = store_answers(plan)
+    access = RubricAccess(base_url=url, api_key="k")
+    with pytest.raises(JudgeError) as raised:
+        run_judge_stage(plan, store, PlainProgress(), access)
+    message = str(raised.value)
+    assert "404" in message and "mode: online" in message and "\n" not in message
+    assert rubric_rows(store) == []  # nothing was judged, so nothing was stored

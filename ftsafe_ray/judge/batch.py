@@ -118,8 +118,9 @@ class BatchJudge:
                 metadata={"ftsafe_job": job.name},
             )
         except Exception as error:
+            detail = " ".join(str(error).split())
             raise JudgeError(
-                f"judges.rubric (batch mode): submitting a batch failed: {error}; "
+                f"judges.rubric (batch mode): submitting a batch failed: {detail}; "
                 "check the endpoint supports /v1/files and /v1/batches, or set mode: online"
             ) from None
         job.batch_id, job.status = batch.id, batch.status
@@ -147,12 +148,21 @@ class BatchJudge:
         while waiting:
             still = []
             for job in waiting:
-                batch = self._client.batches.retrieve(job.batch_id)
-                job.status = batch.status
-                if batch.status not in FINISHED:
-                    still.append(job)
-                    continue
-                results = self._ingest(job, batch)
+                try:
+                    batch = self._client.batches.retrieve(job.batch_id)
+                    job.status = batch.status
+                    if batch.status not in FINISHED:
+                        still.append(job)
+                        continue
+                    results = self._ingest(job, batch)
+                except JudgeError:
+                    raise
+                except Exception as error:
+                    detail = " ".join(str(error).split())
+                    raise JudgeError(
+                        f"judges.rubric (batch mode): polling batch {job.batch_id} failed: "
+                        f"{detail}; its id is kept in {self.state_dir}, rerun to resume"
+                    ) from None
                 on_results(results)
                 count += len(results)
                 job.status = "ingested"
