@@ -29,3 +29,23 @@ def test_errors_raised_in_tasks_and_actor_init_arrive_in_one_line(ray_local) -> 
 def test_unknown_backend_is_named() -> None:
     with pytest.raises(ValueError, match=r"generation\.backend 'tgi' is unknown"):
         Generator("/nowhere", "float32", "tgi")
+
+
+def test_sampled_units_carry_their_fine_tunes_seed(tmp_path, tiny_model_dir) -> None:
+    import yaml
+
+    from ftsafe_ray.generate.stage import _sampling_seed
+    from ftsafe_ray.pipeline import load_plan
+    from tests.test_generate_check import write_campaign
+
+    campaign = write_campaign(tmp_path, tiny_model_dir)
+    spec = yaml.safe_load(campaign.read_text())
+    spec.update(seeds=[1, 2], sampling={"max_new_tokens": 4, "temperature": 1.0})
+    campaign.write_text(yaml.safe_dump(spec))
+    plan = load_plan(campaign)
+    seeds = {(u.target.arm, u.target.seed): _sampling_seed(u, plan) for u in plan.generations}
+    assert seeds == {("base", None): 0, ("refuse", 1): 1, ("refuse", 2): 2}
+    spec["sampling"]["temperature"] = 0.0
+    campaign.write_text(yaml.safe_dump(spec))
+    greedy = load_plan(campaign)
+    assert {_sampling_seed(u, greedy) for u in greedy.generations} == {0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,12 +52,14 @@ def run_generate_stage(plan: Plan, store: RunStore, progress: Progress) -> Gener
         for model_name in dict.fromkeys(unit.target.model for unit in pending):
             model = plan.model_spec(model_name)
             units = [unit for unit in pending if unit.target.model == model_name]
-            # Group by adapter so a batch rarely mixes adapters (fewer adapter switches).
-            units.sort(key=lambda u: (u.target.adapter_key, u.key))
-            batches = [
-                units[i : i + settings.batch_size]
-                for i in range(0, len(units), settings.batch_size)
-            ]
+            # Group by adapter so a batch rarely mixes adapters (fewer adapter switches), and
+            # never mix sampling seeds: a batch is generated under one seed.
+            units.sort(key=lambda u: (_sampling_seed(u, plan), u.target.adapter_key, u.key))
+            batches: list[list[GenerationUnit]] = []
+            for _, grouped in itertools.groupby(units, key=lambda u: _sampling_seed(u, plan)):
+                group = list(grouped)
+                size = settings.batch_size
+                batches += [group[i : i + size] for i in range(0, len(group), size)]
             actor_class = ray.remote(
                 num_cpus=settings.num_cpus, num_gpus=settings.num_gpus, max_restarts=0
             )(Generator)
@@ -130,7 +133,8 @@ def _drain(ray, actors, batches, plan, store, buffer, progress, batch_size) -> i
             )
             for unit in batch
         ]
-        return actor.generate.remote(requests, plan.spec.sampling, batch_size)
+        seed = _sampling_seed(batch[0], plan)
+        return actor.generate.remote(requests, plan.spec.sampling, batch_size, seed)
 
     queue = list(batches)
     in_flight: dict[Any, tuple[Any, list[GenerationUnit]]] = {}
@@ -150,6 +154,12 @@ def _drain(ray, actors, batches, plan, store, buffer, progress, batch_size) -> i
             batch = queue.pop(0)
             in_flight[submit(actor, batch)] = (actor, batch)
     return count
+
+
+def _sampling_seed(unit: GenerationUnit, plan: Plan) -> int:
+    """The seed in the unit's key: its fine-tune's seed when sampling; 0 when greedy or base."""
+    greedy = plan.spec.sampling.temperature == 0
+    return 0 if greedy or unit.target.seed is None else unit.target.seed
 
 
 def _get(ray, ref) -> Any:
