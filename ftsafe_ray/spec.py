@@ -177,7 +177,9 @@ class VllmSpec(_Strict):
 class GenerationSpec(_Strict):
     """Which generation backend runs and how it is placed."""
 
-    backend: Literal["transformers", "vllm"] = "transformers"
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        "transformers", description="'auto': vLLM when the driver can import it, else transformers."
+    )
     batch_size: int = Field(16, ge=1, description="Prompts per generate call.")
     num_actors: int = Field(1, ge=1, description="Generator actors per base model.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per generator actor.")

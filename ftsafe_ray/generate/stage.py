@@ -20,6 +20,15 @@ class GenerateStageResult:
     blocked: int
 
 
+def resolve_backend(backend: str) -> str:
+    """'auto' means vLLM where it is installed, else the transformers backend."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+
+
 def pending_generations(plan: Plan, store: RunStore) -> tuple[list[GenerationUnit], int, int]:
     """Units to generate now, how many are done, and how many wait for a missing adapter."""
     done = store.generations.done_keys(None)
@@ -67,7 +76,7 @@ def run_generate_stage(plan: Plan, store: RunStore, progress: Progress) -> Gener
                 actor_class.remote(
                     plan.model_path(model_name),
                     model.dtype,
-                    settings.backend,
+                    resolve_backend(settings.backend),
                     max(1, int(settings.num_cpus)) if settings.num_cpus else None,
                     settings.vllm,
                 )
@@ -194,5 +203,5 @@ def _row(unit: GenerationUnit, result: Any, plan: Plan) -> dict[str, Any]:
         "num_prompt_tokens": result.num_prompt_tokens,
         "num_output_tokens": result.num_output_tokens,
         "finish_reason": result.finish_reason,
-        "backend": plan.spec.generation.backend,
+        "backend": resolve_backend(plan.spec.generation.backend),
     }
