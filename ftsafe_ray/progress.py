@@ -35,7 +35,10 @@ class PlainProgress:
     def start(self, stage: str, total: int, done: int = 0) -> None:
         self.totals[stage], self.counts[stage] = total, done
         self.started[stage] = self.last_line[stage] = time.monotonic()
-        self._line(stage, f"start: {total} to do" + (f" ({done} already done)" if done else ""))
+        if done:
+            self._line(stage, f"start: {total - done} to do ({done} of {total} already done)")
+        else:
+            self._line(stage, f"start: {total} to do")
 
     def advance(self, stage: str, count: int = 1) -> None:
         self.counts[stage] = self.counts.get(stage, 0) + count
