@@ -87,3 +87,11 @@ def test_load_campaign_reports_missing_file_and_bad_yaml(tmp_path):
     not_mapping.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(SpecError, match="must be a YAML mapping"):
         load_campaign(not_mapping)
+
+
+def test_the_readme_campaign_example_is_a_valid_spec():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## The campaign format", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    spec = parse_campaign(yaml.safe_load(block), source="README.md")
+    assert spec.models[0].align is not None and spec.judges.rubric.mode == "online"
