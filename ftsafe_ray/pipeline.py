@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,11 @@ def run_campaign(
     check_resources(plan.spec, ray)
     try:
         aligned = run_align_stage(plan, store, progress)
-        finetuned = run_finetune_stage(plan, store, progress, retry_failed)
-        generated = run_generate_stage(plan, store, progress)
+        # Fine-tunes train in a thread while generation picks up each adapter as it lands.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fine-tune") as pool:
+            finetuning = pool.submit(run_finetune_stage, plan, store, progress, retry_failed)
+            generated = run_generate_stage(plan, store, progress, upstream=finetuning)
+            finetuned = finetuning.result()
         judged = run_judge_stage(
             plan, store, progress, access, retry_failed, Path(campaign_path).resolve().parent
         )

@@ -194,3 +194,24 @@ def test_alignment_step_builds_a_merged_base_once_and_every_arm_starts_from_it(
     other = load_plan(campaign)
     assert other.alignments[0].key != alignment.key
     assert not {u.key for u in other.generations} & {u.key for u in plan.generations}
+
+
+def test_generation_overlapping_fine_tunes_writes_every_row_once(
+    tmp_path, tiny_model_dir, judge_server, ray_local
+):
+    import pyarrow.parquet as pq
+
+    campaign = write_campaign(tmp_path, tiny_model_dir, judge_server.base_url)
+    spec = yaml.safe_load(campaign.read_text())
+    # batch_size 1 makes a round worth starting at 4 ready rows: the base's 3 prompts wait for
+    # the adapter, then rounds run while the other fine-tunes still train.
+    spec["generation"]["batch_size"] = 1
+    spec["finetunes"][0]["sizes"] = [2, 4, 6]
+    spec["judges"]["rubric"]["enabled"] = False
+    campaign.write_text(yaml.safe_dump(spec))
+    assert main(["run", str(campaign)]) == 0
+    raw = pq.read_table(tmp_path / "run" / "generations").column("key").to_pylist()
+    assert len(raw) == len(set(raw)) == 12  # (base + 3 adapters) × 3 prompts
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["last_run_counts"]["generations_new"] == 12
+    assert manifest["last_run_counts"]["finetunes_trained"] == 3

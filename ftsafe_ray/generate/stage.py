@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,8 @@ from ftsafe_ray.progress import Progress
 from ftsafe_ray.store import RunStore, ShardBuffer
 
 STAGE = "generate"
+POLL_S = 2.0
+ROUND_BATCHES = 4  # rows worth an engine start while fine-tunes still run: 4 full batches/actor
 
 
 @dataclass(frozen=True)
@@ -45,16 +48,45 @@ def pending_generations(plan: Plan, store: RunStore) -> tuple[list[GenerationUni
     return pending, len(unique) - len(pending) - blocked, blocked
 
 
-def run_generate_stage(plan: Plan, store: RunStore, progress: Progress) -> GenerateStageResult:
-    """Generate every missing answer whose weights exist; rows are written in shards."""
+def run_generate_stage(
+    plan: Plan, store: RunStore, progress: Progress, upstream: Any = None
+) -> GenerateStageResult:
+    """Generate every missing answer whose weights exist; rows are written in shards.
+
+    With `upstream` (the running fine-tune stage, a Future), answers are generated in rounds while
+    adapters land, so the first adapters are evaluated before the last one is trained; a round
+    starts once enough rows are ready to be worth an engine start, and a last round runs after
+    the fine-tunes end.
+    """
+    _, skipped, _ = pending_generations(plan, store)
+    total = len({unit.key for unit in plan.generations})
+    progress.start(STAGE, total=total, done=skipped)
+    settings = plan.spec.generation
+    worth_a_round = ROUND_BATCHES * settings.batch_size * settings.num_actors
+    generated = 0
+    while True:
+        final = upstream is None or upstream.done()
+        pending, _, blocked = pending_generations(plan, store)
+        if pending and (final or len(pending) >= worth_a_round):
+            generated += _generate_round(plan, store, progress, pending)
+        elif not final:
+            time.sleep(POLL_S)
+        if final:
+            break
+    if blocked:
+        progress.log(f"generate: {blocked} prompts wait for fine-tunes that failed or are missing")
+    progress.finish(STAGE)
+    return GenerateStageResult(generated=generated, skipped=skipped, blocked=blocked)
+
+
+def _generate_round(
+    plan: Plan, store: RunStore, progress: Progress, pending: list[GenerationUnit]
+) -> int:
+    """Generate `pending` with fresh Generator actors per base model; return the rows written."""
     import ray
 
     from ftsafe_ray.generate.actor import Generator
 
-    pending, skipped, blocked = pending_generations(plan, store)
-    if blocked:
-        progress.log(f"generate: {blocked} prompts wait for fine-tunes that failed or are missing")
-    progress.start(STAGE, total=len(pending) + skipped, done=skipped)
     settings = plan.spec.generation
     generated = 0
     with ShardBuffer(store.generations) as buffer:
@@ -91,8 +123,7 @@ def run_generate_stage(plan: Plan, store: RunStore, progress: Progress) -> Gener
             finally:
                 for actor in actors:
                     ray.kill(actor)
-    progress.finish(STAGE)
-    return GenerateStageResult(generated=generated, skipped=skipped, blocked=blocked)
+    return generated
 
 
 def _check_adapters(ray, actor, units, plan, store, progress) -> None:
