@@ -15,12 +15,9 @@ class FineTuner:
     """Holds one base model for its lifetime; `train` one adapter per call."""
 
     def __init__(self, model_path: str, dtype: str, num_threads: int | None = None):
-        from ftsafe_ray.models.resolve import resolve_model_path
+        from ftsafe_ray.models.resolve import resolve_model_path, use_torch_threads
 
-        if num_threads:
-            import torch
-
-            torch.set_num_threads(num_threads)
+        use_torch_threads(num_threads)
         self.dtype = dtype
         self.model_path = resolve_model_path(model_path)
         self._load()

@@ -121,6 +121,7 @@ def _train_on_actors(
     import ray
 
     from ftsafe_ray.finetune.actor import FineTuner
+    from ftsafe_ray.models.resolve import torch_threads
 
     resources = plan.spec.finetune_resources
     dtype = plan.model_spec(units[0].model).dtype
@@ -129,7 +130,7 @@ def _train_on_actors(
     )(FineTuner)
     counter = ray.remote(num_cpus=0)(StepCounter).remote()
     actors = [
-        actor_class.remote(model_path, dtype, _threads(resources.num_cpus))
+        actor_class.remote(model_path, dtype, torch_threads(resources.num_cpus))
         for _ in range(min(num_actors, len(units)))
     ]
     progress.start(STEPS, total=sum(planned_steps(unit) for unit in units))
@@ -168,8 +169,3 @@ def _train_on_actors(
             ray.kill(actor)
     progress.finish(STEPS)
     return rows
-
-
-def _threads(num_cpus: float) -> int | None:
-    """Ray pins OMP threads to the actor's CPU count; torch should use exactly those."""
-    return max(1, int(num_cpus)) if num_cpus else None

@@ -19,11 +19,9 @@ class Generator:
         vllm_settings: Any = None,
     ):
         from ftsafe_ray.errors import FtsafeError
+        from ftsafe_ray.models.resolve import use_torch_threads
 
-        if num_threads:
-            import torch
-
-            torch.set_num_threads(num_threads)
+        use_torch_threads(num_threads)
         self.backend_name = backend
         self._init_error: FtsafeError | None = None
         try:

@@ -86,6 +86,7 @@ def _generate_round(
     import ray
 
     from ftsafe_ray.generate.actor import Generator
+    from ftsafe_ray.models.resolve import torch_threads
 
     settings = plan.spec.generation
     generated = 0
@@ -109,7 +110,7 @@ def _generate_round(
                     plan.model_path(model_name),
                     model.dtype,
                     resolve_backend(settings.backend),
-                    max(1, int(settings.num_cpus)) if settings.num_cpus else None,
+                    torch_threads(settings.num_cpus),
                     settings.vllm,
                 )
                 for _ in range(min(settings.num_actors, len(batches)))

@@ -5,6 +5,15 @@ from ftsafe_ray.models.resolve import (
     default_cache_dir,
     load_model_and_tokenizer,
     resolve_model_path,
+    torch_threads,
+    use_torch_threads,
 )
 
-__all__ = ["BUILTIN_MODELS", "default_cache_dir", "load_model_and_tokenizer", "resolve_model_path"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "default_cache_dir",
+    "load_model_and_tokenizer",
+    "resolve_model_path",
+    "torch_threads",
+    "use_torch_threads",
+]

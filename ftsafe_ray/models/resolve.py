@@ -93,6 +93,19 @@ def _convert_builtin(name: str, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def torch_threads(num_cpus: float) -> int | None:
+    """Torch threads for an actor holding `num_cpus` CPUs (Ray pins OMP threads to that count)."""
+    return max(1, int(num_cpus)) if num_cpus else None
+
+
+def use_torch_threads(num_threads: int | None) -> None:
+    """Set this process's torch thread count, if one is given."""
+    if num_threads:
+        import torch
+
+        torch.set_num_threads(num_threads)
+
+
 def load_model_and_tokenizer(path: str, dtype: str = "float32") -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer (pad token set) on cuda if available, else CPU."""
     import torch
