@@ -144,6 +144,24 @@ def raw_rubric_row_count(store) -> int:
     )  # fmt: skip
 
 
+def stored_requests(plan, store) -> list:
+    """One rubric request per stored answer, keyed as the judge stage keys it."""
+    from ftsafe_ray.judge.rubric_client import JudgeRequest
+
+    identity = rubric_identity(plan.spec.judges.rubric)
+    return [
+        JudgeRequest(verdict_key_for(identity, g), g["prompt"], g["response"])
+        for g in store.generations.rows()
+    ]
+
+
+def batch_judge(plan, store, judge_url) -> BatchJudge:
+    """A Batch API judge as a driver would make it, keeping its jobs in the run directory."""
+    return BatchJudge(
+        plan.spec.judges.rubric, "k", judge_url, store.root / STATE_DIR, get_rubric("hexphi")
+    )
+
+
 def test_every_answer_ends_in_one_row_and_retry_failed_redoes_only_errors(
     tmp_path, judge_server, ray_local
 ):
@@ -233,17 +251,8 @@ def test_batch_mode_submits_once_and_resumes_after_a_driver_restart(tmp_path, ju
     store = store_answers(plan)
     judge_server.set_behaviour(scripted_by_request(always_500={3}))
     # A first driver submits the job, then dies before collecting it.
-    identity = rubric_identity(plan.spec.judges.rubric)
-    from ftsafe_ray.judge.rubric_client import JudgeRequest
-
-    requests = [
-        JudgeRequest(verdict_key_for(identity, g), g["prompt"], g["response"])
-        for g in store.generations.rows()
-    ]
-    first = BatchJudge(
-        plan.spec.judges.rubric, "k", judge_server.base_url, store.root / STATE_DIR,
-        get_rubric("hexphi"),
-    )  # fmt: skip
+    requests = stored_requests(plan, store)
+    first = batch_judge(plan, store, judge_server.base_url)
     [job] = first.submit(requests[:5])
     first.close()
     assert job.batch_id in judge_server.batches
@@ -383,21 +392,12 @@ def test_without_configured_limits_429s_and_retry_after_still_land_every_row(
 
 
 def test_batch_jobs_already_submitted_count_against_the_budget(tmp_path, judge_server):
-    from ftsafe_ray.judge.rubric_client import JudgeRequest
-
     price = {"input_per_million": 1000.0, "output_per_million": 2000.0, "batch_discount": 1.0}
     settings = {"mode": "batch", "batch_poll_s": 0.01, "judges": {"prices": {"test-judge": price}}}
     plan = make_plan(tmp_path, judge_server.base_url, n=8, budget_usd=100.0, **settings)
     store = store_answers(plan)
-    identity = rubric_identity(plan.spec.judges.rubric)
-    requests = [
-        JudgeRequest(verdict_key_for(identity, g), g["prompt"], g["response"])
-        for g in store.generations.rows()
-    ]
-    first = BatchJudge(
-        plan.spec.judges.rubric, "k", judge_server.base_url, store.root / STATE_DIR,
-        get_rubric("hexphi"),
-    )  # fmt: skip
+    requests = stored_requests(plan, store)
+    first = batch_judge(plan, store, judge_server.base_url)
     first.submit(requests[:5])  # then the driver dies
     first.close()
     # A budget that covers the five submitted requests (worst case) but not one more.
@@ -422,19 +422,12 @@ def test_a_driver_that_died_between_upload_and_create_is_recovered(tmp_path, jud
 
     plan = make_plan(tmp_path, judge_server.base_url, n=6, mode="batch", batch_poll_s=0.01)
     store = store_answers(plan)
-    identity = rubric_identity(plan.spec.judges.rubric)
-    keys = [verdict_key_for(identity, g) for g in store.generations.rows()]
+    requests = stored_requests(plan, store)
+    keys = [request.key for request in requests]
     state_dir = store.root / STATE_DIR
-    judge_ = BatchJudge(plan.spec.judges.rubric, "k", judge_server.base_url, state_dir,
-                        get_rubric("hexphi"))  # fmt: skip
+    judge_ = batch_judge(plan, store, judge_server.base_url)
     # Job A was created at the API but its id never reached the state file.
-    from ftsafe_ray.judge.rubric_client import JudgeRequest
-
-    rows = {verdict_key_for(identity, g): g for g in store.generations.rows()}
-    created = judge_.submit(
-        [JudgeRequest(k, rows[k]["prompt"], rows[k]["response"]) for k in keys[:2]]
-    )
-    [job_a] = created
+    [job_a] = judge_.submit(requests[:2])
     BatchJob(job_a.name, job_a.keys, None, job_a.input_file_id, "submitting").save(state_dir)
     # Job B was uploaded but never created.
     BatchJob("never-created", keys[2:4], None, "file-x", "submitting").save(state_dir)
