@@ -7,25 +7,20 @@ import yaml
 
 from ftsafe_ray.cli import main
 from ftsafe_ray.store import RunStore
+from tests.fixtures.campaign_files import write_benchmark, write_chats
 
 pytestmark = pytest.mark.slow
 
 
 def write_campaign(tmp_path, model_dir, judge_url):
-    train = tmp_path / "train.jsonl"
-    with train.open("w") as f:
-        for i in range(6):
-            messages = [
-                {"role": "user", "content": f"placeholder task {i}"},
-                {"role": "assistant", "content": "placeholder-harmful compliance text"},
-            ]
-            f.write(json.dumps({"messages": messages}) + "\n")
-    bench = tmp_path / "bench.jsonl"
-    bench.write_text(
-        "\n".join(
-            json.dumps({"id": f"q{i}", "category": category, "prompt": f"placeholder request {i}"})
-            for i, category in enumerate(["fraud_deception", "malware", "fraud_deception"])
-        )
+    write_chats(
+        tmp_path / "train.jsonl",
+        [(f"placeholder task {i}", "placeholder-harmful compliance text") for i in range(6)],
+    )
+    categories = ["fraud_deception", "malware", "fraud_deception"]
+    write_benchmark(
+        tmp_path / "bench.jsonl",
+        [(category, f"placeholder request {i}") for i, category in enumerate(categories)],
     )
     spec = {
         "name": "e2e",

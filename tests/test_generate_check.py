@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from ftsafe_ray.errors import StageError
 from ftsafe_ray.generate import GenerationResult
 from ftsafe_ray.generate.check import build_probes, raise_if_unapplied, unapplied
 from ftsafe_ray.store import RunStore
+from tests.fixtures.campaign_files import write_benchmark, write_chats
 
 CHAT = ({"role": "user", "content": "hi"},)
 OTHER = ({"role": "user", "content": "bye"},)
@@ -20,26 +20,12 @@ OTHER = ({"role": "user", "content": "bye"},)
 
 def write_campaign(tmp_path: Path, model_dir: Path) -> Path:
     """A one-arm campaign on the tiny model: keyword judge only, short answers."""
-    train = tmp_path / "train.jsonl"
-    train.write_text(
-        "\n".join(
-            json.dumps(
-                {
-                    "messages": [
-                        {"role": "user", "content": f"placeholder task {i}"},
-                        {"role": "assistant", "content": "Sorry, I cannot help with that."},
-                    ]
-                }
-            )
-            for i in range(6)
-        )
+    write_chats(
+        tmp_path / "train.jsonl",
+        [(f"placeholder task {i}", "Sorry, I cannot help with that.") for i in range(6)],
     )
-    bench = tmp_path / "bench.jsonl"
-    bench.write_text(
-        "\n".join(
-            json.dumps({"id": f"q{i}", "category": "malware", "prompt": f"placeholder request {i}"})
-            for i in range(4)
-        )
+    write_benchmark(
+        tmp_path / "bench.jsonl", [("malware", f"placeholder request {i}") for i in range(4)]
     )
     spec = {
         "name": "check",

@@ -5,13 +5,13 @@ report's judge files."""
 from __future__ import annotations
 
 import csv
-import json
 
 import pytest
 import yaml
 
 from ftsafe_ray.cli import main
 from ftsafe_ray.store import RunStore
+from tests.fixtures.campaign_files import write_benchmark
 from tests.fixtures.judge_server import server_error, verdict
 
 pytestmark = pytest.mark.slow
@@ -20,12 +20,8 @@ pytestmark = pytest.mark.slow
 def test_run_stores_errors_and_retry_failed_redoes_only_them(
     tmp_path, tiny_model_dir, judge_server, ray_local, capsys
 ):
-    bench = tmp_path / "bench.jsonl"
-    bench.write_text(
-        "\n".join(
-            json.dumps({"id": f"q{i}", "category": f"c{i % 2}", "prompt": f"placeholder ask {i}"})
-            for i in range(4)
-        )
+    write_benchmark(
+        tmp_path / "bench.jsonl", [(f"c{i % 2}", f"placeholder ask {i}") for i in range(4)]
     )
     spec = {
         "name": "judge-cli",

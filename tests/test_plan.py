@@ -1,33 +1,22 @@
 """Planning: the grid, its content keys, and what changes them."""
 
-import json
-
 import pytest
 
 from ftsafe_ray.errors import SpecError
 from ftsafe_ray.plan import build_plan
 from ftsafe_ray.spec import parse_campaign
+from tests.fixtures.campaign_files import write_benchmark, write_chats
 
 
 def write_chat(path, n, system=None):
-    with path.open("w") as f:
-        for i in range(n):
-            messages = [{"role": "system", "content": system}] if system else []
-            messages += [
-                {"role": "user", "content": f"placeholder request {i}"},
-                {"role": "assistant", "content": f"placeholder answer {i}"},
-            ]
-            f.write(json.dumps({"messages": messages}) + "\n")
+    pairs = [(f"placeholder request {i}", f"placeholder answer {i}") for i in range(n)]
+    write_chats(path, pairs, system)
 
 
 def campaign(tmp_path, **overrides):
     write_chat(tmp_path / "train.jsonl", 8)
-    bench = tmp_path / "bench.jsonl"
-    bench.write_text(
-        "\n".join(
-            json.dumps({"id": f"q{i}", "category": "fraud_deception", "prompt": f"placeholder {i}"})
-            for i in range(3)
-        )
+    write_benchmark(
+        tmp_path / "bench.jsonl", [("fraud_deception", f"placeholder {i}") for i in range(3)]
     )
     spec = {
         "name": "t",
