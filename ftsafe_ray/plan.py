@@ -12,6 +12,7 @@ from ftsafe_ray.data import load_benchmark, load_chat_dataset
 from ftsafe_ray.data.records import BenchmarkItem, ChatExample
 from ftsafe_ray.errors import DataError, SpecError
 from ftsafe_ray.spec import BaseModelSpec, CampaignSpec, FinetuneSpec, LoraSpec, TrainSpec
+from ftsafe_ray.store.run_dir import ADAPTERS_DIR, ALIGNED_DIR
 
 BASE_ARM = "base"
 
@@ -30,6 +31,11 @@ class FinetuneUnit:
     lora: LoraSpec
     train: TrainSpec
     examples: tuple[tuple[dict[str, str], ...], ...] = field(repr=False)
+
+    @property
+    def output_path(self) -> str:
+        """Where the adapter lives, relative to the run directory."""
+        return f"{ADAPTERS_DIR}/{self.key}"
 
 
 @dataclass(frozen=True)
@@ -52,9 +58,9 @@ class AlignUnit:
         return len(self.examples)
 
     @property
-    def model_dir(self) -> str:
+    def output_path(self) -> str:
         """Where the merged model lives, relative to the run directory."""
-        return f"aligned/{self.key}"
+        return f"{ALIGNED_DIR}/{self.key}"
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ class Plan:
         """The weights every unit of this model starts from: the aligned merge, or the base."""
         aligned = self.alignment(name)
         if aligned is not None:
-            return str(self.run_dir / aligned.model_dir)
+            return str(self.run_dir / aligned.output_path)
         return self.model_spec(name).path
 
 

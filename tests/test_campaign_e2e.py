@@ -168,10 +168,10 @@ def test_alignment_step_builds_a_merged_base_once_and_every_arm_starts_from_it(
 
     plan = load_plan(campaign)
     [alignment] = plan.alignments
-    assert plan.model_path("tiny") == str(plan.run_dir / alignment.model_dir)
+    assert plan.model_path("tiny") == str(plan.run_dir / alignment.output_path)
 
     assert main(["run", str(campaign)]) == 0
-    merged = tmp_path / "run" / alignment.model_dir
+    merged = tmp_path / "run" / alignment.output_path
     assert (merged / "config.json").is_file()
     assert (merged / "alignment_adapter" / "adapter_config.json").is_file()
     assert not list(merged.parent.glob(".inprogress-*"))

@@ -38,7 +38,7 @@ class FineTuner:
             "dataset": unit.dataset,
             "size": unit.size,
             "seed": unit.seed,
-            "adapter_path": str(Path("adapters") / unit.key),
+            "adapter_path": unit.output_path,
             "train_examples": len(unit.examples),
             "settings_json": json.dumps(
                 {
@@ -86,7 +86,6 @@ class FineTuner:
         work = out.with_name(f".inprogress-{out.name}")
         shutil.rmtree(work, ignore_errors=True)
         row = self.train(unit, str(work / "alignment_adapter"), counter)
-        row.update(arm="align", dataset=None, adapter_path=unit.model_dir)
         if row["status"] != "ok":
             shutil.rmtree(work, ignore_errors=True)
             return row

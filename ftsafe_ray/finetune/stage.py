@@ -64,7 +64,7 @@ def run_align_stage(plan: Plan, store: RunStore, progress: Progress) -> int:
     pending = [
         unit
         for unit in plan.alignments
-        if unit.key not in trained or not (plan.run_dir / unit.model_dir).is_dir()
+        if unit.key not in trained or not (plan.run_dir / unit.output_path).is_dir()
     ]
     progress.start(
         ALIGN_STAGE, total=len(plan.alignments), done=len(plan.alignments) - len(pending)
@@ -137,12 +137,7 @@ def _train_on_actors(
     steps_seen = 0
 
     def submit(actor: Any, unit: Any) -> Any:
-        where = (
-            str(plan.run_dir / unit.model_dir)
-            if method == "align"
-            else str(store.adapter_dir(unit.key))
-        )
-        return getattr(actor, method).remote(unit, where, counter)
+        return getattr(actor, method).remote(unit, str(plan.run_dir / unit.output_path), counter)
 
     queue = list(units)
     in_flight = {submit(actor, queue.pop(0)): actor for actor in actors if queue}

@@ -13,6 +13,9 @@ from ftsafe_ray.errors import StoreError
 from ftsafe_ray.store.schemas import SCHEMA_VERSION, TABLES
 from ftsafe_ray.store.table import ParquetTable
 
+ADAPTERS_DIR = "adapters"
+ALIGNED_DIR = "aligned"
+
 
 class RunStore:
     """Everything a campaign writes, under one directory that DuckDB/pandas can read directly."""
@@ -25,7 +28,7 @@ class RunStore:
             self.root / "generations", TABLES["generations"], provenance
         )
         self.judgments = ParquetTable(self.root / "judgments", TABLES["judgments"], provenance)
-        self.adapters_dir = self.root / "adapters"
+        self.adapters_dir = self.root / ADAPTERS_DIR
 
     def adapter_dir(self, key: str) -> Path:
         """Where the adapter with this fine-tune key lives."""
@@ -34,7 +37,7 @@ class RunStore:
     def create(self) -> None:
         """Make the directory tree, failing with a clear message if it cannot be written."""
         try:
-            for sub in ("finetunes", "generations", "judgments", "adapters"):
+            for sub in ("finetunes", "generations", "judgments", ADAPTERS_DIR):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(
