@@ -34,7 +34,8 @@ def test_minimal_spec_gets_the_papers_defaults():
 
 @pytest.mark.parametrize("path", sorted((REPO / "campaigns").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_campaign_validates(path):
-    load_campaign(path)
+    spec = load_campaign(path)
+    assert spec.models and spec.benchmarks
 
 
 def test_all_errors_reported_at_once_with_file_field_and_value():
