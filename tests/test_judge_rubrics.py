@@ -9,7 +9,7 @@ import pytest
 from ftsafe_ray.errors import JudgeError
 from ftsafe_ray.judge.rubric import RUBRIC_VERSION, ParsedVerdict
 from ftsafe_ray.judge.rubrics import Rubric, get_rubric
-from ftsafe_ray.judge.stage import rubric_identity
+from ftsafe_ray.judge.identity import rubric_identity
 from ftsafe_ray.judge.strongreject import parse_strongreject_output, strongreject_score
 from ftsafe_ray.spec import RubricJudgeSpec
 from ftsafe_ray.store import JUDGMENTS, ParquetTable

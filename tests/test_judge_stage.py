@@ -14,12 +14,8 @@ import yaml
 
 from ftsafe_ray.judge.batch import STATE_DIR, BatchJudge
 from ftsafe_ray.judge.rubrics import get_rubric
-from ftsafe_ray.judge.stage import (
-    RubricAccess,
-    rubric_identity,
-    run_judge_stage,
-    verdict_key_for,
-)
+from ftsafe_ray.judge.identity import rubric_identity, verdict_key_for
+from ftsafe_ray.judge.stage import RubricAccess, run_judge_stage
 from ftsafe_ray.plan import build_plan
 from ftsafe_ray.progress import PlainProgress
 from ftsafe_ray.spec import parse_campaign

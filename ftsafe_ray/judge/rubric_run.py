@@ -8,7 +8,7 @@ from typing import Any
 
 from ftsafe_ray.errors import JudgeError
 from ftsafe_ray.judge.rubric_client import JudgeRequest, JudgeResult
-from ftsafe_ray.judge.stage import RUBRIC
+from ftsafe_ray.judge.identity import RUBRIC
 from ftsafe_ray.spec import RubricJudgeSpec
 from ftsafe_ray.store import DONE_STATUSES, ParquetTable, ShardBuffer
 

@@ -7,16 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftsafe_ray import keys
 from ftsafe_ray.errors import JudgeError
+from ftsafe_ray.judge.identity import (
+    KEYWORD,
+    RUBRIC,
+    keyword_identity,
+    rubric_identity,
+    verdict_key_for,
+)
 from ftsafe_ray.plan import Plan
 from ftsafe_ray.progress import Progress
 from ftsafe_ray.spec import RubricJudgeSpec
 from ftsafe_ray.store import DONE_STATUSES, JUDGMENTS, ParquetTable, RunStore
-
-KEYWORD = "keyword"
-RUBRIC = "rubric"
-
 
 @dataclass(frozen=True)
 class RubricAccess:
@@ -35,25 +37,6 @@ class JudgeStageResult:
     rubric_left_by_budget: int = 0
 
 
-def keyword_identity() -> dict[str, Any]:
-    from ftsafe_ray.judge.keyword import KEYWORD_JUDGE_VERSION
-
-    return {"judge": KEYWORD, "version": KEYWORD_JUDGE_VERSION}
-
-
-def rubric_identity(spec: RubricJudgeSpec) -> dict[str, Any]:
-    """What determines a rubric verdict: the endpoint's URL, limits and mode do not."""
-    from ftsafe_ray.judge.rubrics import get_rubric
-
-    return {
-        "judge": RUBRIC,
-        "model": spec.model,
-        "version": get_rubric(spec.rubric).version,
-        "temperature": 0,
-        "max_tokens": spec.max_tokens,
-    }
-
-
 def rubric_access(
     spec: RubricJudgeSpec, environ: dict[str, str] | None = None
 ) -> RubricAccess | None:
@@ -70,12 +53,6 @@ def rubric_access(
             f"export it, set judges.rubric.base_url, or set enabled: auto"
         )
     return RubricAccess(base_url=spec.base_url, api_key=key or "not-needed")
-
-
-def verdict_key_for(identity: dict[str, Any], generation: dict[str, Any]) -> str:
-    return keys.verdict_key(
-        judge=identity, instruction=generation["prompt"], answer=generation["response"]
-    )
 
 
 def plan_generations(plan: Plan, store: RunStore) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from ftsafe_ray.judge.stage import keyword_identity, rubric_identity, verdict_key_for
+from ftsafe_ray.judge.identity import keyword_identity, rubric_identity, verdict_key_for
 from ftsafe_ray.spec import RubricJudgeSpec
 from ftsafe_ray.store import RunStore
 
