@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ftsafe_ray.judge.hexphi import build_rubric_messages  # noqa: E402
 from ftsafe_ray.judge.limiter import estimate_request_tokens  # noqa: E402
-from ftsafe_ray.judge.rubric import build_rubric_messages  # noqa: E402
 from tests.fixtures.judge_server import JudgeServer  # noqa: E402
 
 RPM = 600

@@ -23,6 +23,8 @@ from tests.fixtures.judge_server import (
     malformed,
     rate_limited,
     server_error,
+    truncated,
+    truncated_below,
     unauthorized,
     verdict,
 )
@@ -88,7 +90,7 @@ def test_good_verdicts_in_request_order(judge_server):
     assert [r.key for r in results] == ["k0", "k1", "k2"]
     assert [(r.status, r.score) for r in results] == [("ok", 5), ("ok", 1), ("ok", 3)]
     for r in results:
-        assert r.attempts == 1 and r.error is None and r.reason and "<score>" in r.raw
+        assert r.attempts == 1 and r.error is None and r.reason and "\n#thescore: " in r.raw
         assert r.prompt_tokens > 0 and r.completion_tokens > 0 and r.latency_s >= 0
     [sent] = [r for r in judge_server.chat_requests if "instruction 0" in str(r.body)]
     assert sent.body["model"] == "test-judge"
@@ -110,6 +112,43 @@ def test_judge_refusal_is_flagged(judge_server):
     [result] = judge_all(judge_server, [request(0)])
     assert (result.status, result.score) == ("judge_refused", None)
     assert result.raw.startswith("I'm sorry")
+
+
+def test_a_reply_cut_off_twice_is_stored_truncated_after_one_larger_retry(judge_server):
+    judge_server.set_behaviour(truncated())
+    [result] = judge_all(judge_server, [request(0)])
+    assert (result.status, result.score, result.error) == ("truncated", None, None)
+    assert result.raw == truncated().content  # what the judge did write is kept
+    assert "max_tokens (64)" in result.reason and "128" in result.reason
+    assert [r.body["max_tokens"] for r in judge_server.chat_requests] == [64, 128]
+    assert result.attempts == 2
+    # Both calls are paid: the row carries both calls' tokens (the server counts chars / 4).
+    messages = build_rubric_messages("instruction 0", HARMFUL)
+    assert result.prompt_tokens == 2 * (sum(len(m["content"]) for m in messages) // 4)
+    assert result.completion_tokens == 2 * (len(truncated().content) // 4)
+
+
+def test_a_failed_retry_leaves_the_row_truncated_and_says_why(judge_server):
+    judge_server.set_behaviour([truncated(), unauthorized()])
+    [result] = judge_all(judge_server, [request(0)])
+    assert (result.status, result.attempts, result.raw) == ("truncated", 2, truncated().content)
+    assert "retry with max_tokens 128 failed" in result.reason and "401" in result.reason
+
+
+def test_a_reply_cut_off_once_is_retried_with_more_room_and_read(judge_server):
+    judge_server.set_behaviour(truncated_below(100))
+    [result] = judge_all(judge_server, [request(0, HARMFUL)])
+    assert (result.status, result.score, result.attempts) == ("ok", 5, 2)
+    sent = judge_server.chat_requests
+    assert [r.body["max_tokens"] for r in sent] == [64, 128]
+    assert sent[0].body["messages"] == sent[1].body["messages"]
+
+
+def test_a_truncated_reply_is_never_read_even_if_its_text_parses(judge_server):
+    judge_server.set_behaviour(truncated("#thereason: Complies.\n#thescore: 5"))
+    [result] = judge_all(judge_server, [request(0)], make_spec(max_tokens=4096))
+    assert (result.status, result.score) == ("truncated", None)
+    assert len(judge_server.chat_requests) == 1  # 4096 is the retry cap: no retry
 
 
 @pytest.mark.parametrize(
@@ -208,7 +247,7 @@ def test_every_request_ends_in_exactly_one_result(judge_server):
     results = judge_all(judge_server, requests, make_spec(max_concurrency=4, max_retries=6))
     assert [r.key for r in results] == [r.key for r in requests]
     statuses = [r.status for r in results]
-    assert set(statuses) <= {"ok", "unparseable", "judge_refused", "error"}
+    assert set(statuses) <= {"ok", "unparseable", "judge_refused", "truncated", "error"}
     assert statuses.count("unparseable") == 3 and statuses.count("judge_refused") == 3
     # Only the three 401s fail: six retryable replies cannot exhaust 6 retries of one request.
     assert statuses.count("error") == 3

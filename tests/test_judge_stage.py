@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from ftsafe_ray.judge.batch import STATE_DIR, BatchJudge
-from ftsafe_ray.judge.rubrics import get_rubric
 from ftsafe_ray.judge.identity import rubric_identity, verdict_key_for
+from ftsafe_ray.judge.rubrics import get_rubric
 from ftsafe_ray.judge.stage import RubricAccess, run_judge_stage
+from ftsafe_ray.judge.strongreject import STRONGREJECT_VERSION
 from ftsafe_ray.plan import build_plan
 from ftsafe_ray.progress import PlainProgress
 from ftsafe_ray.spec import parse_campaign
@@ -26,6 +27,7 @@ from tests.fixtures.judge_server import (
     malformed,
     rate_limited,
     server_error,
+    truncated,
     verdict,
 )
 
@@ -186,6 +188,35 @@ def test_every_answer_ends_in_one_row_and_retry_failed_redoes_only_errors(
     assert len(rows) == 12 and [r["status"] for r in rows].count("error") == 0
 
 
+def test_truncated_verdicts_are_final_rows_and_a_rerun_pays_nothing(
+    tmp_path, judge_server, ray_local
+):
+    plan = make_plan(tmp_path, judge_server.base_url, n=3)
+    store = store_answers(plan)
+    judge_server.set_behaviour(truncated())
+    assert judge(plan, store, judge_server).rubric_new == 3
+    rows = rubric_rows(store)
+    assert [(r["status"], r["score"], r["attempts"]) for r in rows] == [("truncated", None, 2)] * 3
+    verdicts = [r.body["max_tokens"] for r in judge_server.chat_requests][1:]  # after the check
+    assert sorted(verdicts) == [64, 64, 64, 128, 128, 128]
+
+    judge_server.reset()
+    assert judge(plan, store, judge_server).rubric_new == 0
+    assert judge(plan, store, judge_server, retry_failed=True).rubric_new == 0
+    assert judge_server.chat_requests == []
+
+
+def test_batch_mode_stores_truncated_replies_flagged_without_a_second_batch(tmp_path, judge_server):
+    plan = make_plan(tmp_path, judge_server.base_url, n=3, mode="batch", batch_poll_s=0.01)
+    store = store_answers(plan)
+    judge_server.set_behaviour(truncated())
+    assert judge(plan, store, judge_server).rubric_new == 3
+    rows = rubric_rows(store)
+    assert [(r["status"], r["score"]) for r in rows] == [("truncated", None)] * 3
+    assert all(r["raw"] == truncated().content and "max_tokens (64)" in r["reason"] for r in rows)
+    assert len(judge_server.batches) == 1
+
+
 def test_campaigns_with_different_run_dirs_share_a_verdict_cache(tmp_path, judge_server, ray_local):
     shared = {"judges": {"cache_dir": "verdict-cache"}}
     first = make_plan(tmp_path, judge_server.base_url, n=6, output_dir="run-a", **shared)
@@ -281,7 +312,7 @@ def test_strongreject_rubric_stores_sub_scores(tmp_path, judge_server, ray_local
     for row in rubric_rows(store):
         by_answer[row["raw"].count("1.b 1")] = row
     harmful, refusal = by_answer[0], by_answer[1]
-    assert harmful["judge_version"] == "strongreject-v1" and harmful["status"] == "ok"
+    assert harmful["judge_version"] == STRONGREJECT_VERSION and harmful["status"] == "ok"
     assert harmful["score"] is None and harmful["refused"] is False
     assert refusal["refused"] is True and refusal["strongreject_score"] == 0.0
     assert 0.0 < harmful["strongreject_score"] <= 1.0
@@ -398,7 +429,7 @@ def test_batch_jobs_already_submitted_count_against_the_budget(tmp_path, judge_s
     first.close()
     # A budget that covers the five submitted requests (worst case) but not one more.
     from ftsafe_ray.judge.cost import cost_usd, request_tokens
-    from ftsafe_ray.judge.rubric import build_rubric_messages
+    from ftsafe_ray.judge.hexphi import build_rubric_messages
 
     spec_price = plan.spec.judges.prices["test-judge"]
     five = sum(

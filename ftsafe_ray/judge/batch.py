@@ -191,7 +191,12 @@ class BatchJudge:
             body = response.get("body") or {}
             if response.get("status_code") == 200:
                 completion = ChatCompletion.model_validate(body)
-                results[key] = result_from_completion(key, completion, self.rubric, 1, 0.0)
+                # A reply cut off at max_tokens is stored 'truncated' (flagged, final). Unlike
+                # the online path it is not retried with more room: that would take a second
+                # batch and another wait of up to 24 h for what is rare with a sane max_tokens.
+                results[key] = result_from_completion(
+                    key, completion, self.rubric, 1, 0.0, self.spec.max_tokens
+                )
             else:
                 detail = (line.get("error") or body.get("error") or {}).get("message", "")
                 code = response.get("status_code")

@@ -7,7 +7,7 @@ import email.utils
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from ftsafe_ray.errors import JudgeError
@@ -20,13 +20,13 @@ from ftsafe_ray.judge.limiter import (
     paced,
     read_ratelimit_headers,
 )
-from ftsafe_ray.judge.rubric import ParsedVerdict
 from ftsafe_ray.judge.rubrics import Rubric, get_rubric
+from ftsafe_ray.judge.verdict import ParsedVerdict
 
 if TYPE_CHECKING:
     from ftsafe_ray.spec import RubricJudgeSpec
 
-ResultStatus = Literal["ok", "unparseable", "judge_refused", "error"]
+ResultStatus = Literal["ok", "unparseable", "judge_refused", "truncated", "error"]
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 60.0
@@ -36,6 +36,10 @@ RETRYABLE_STATUS = frozenset({408, 409, 429})
 _ERROR_TEXT_LIMIT = 500
 # check() is a preflight: report an unreachable endpoint within seconds, not minutes.
 CHECK_MAX_RETRIES = 2
+# A reply cut off at max_tokens is asked again once with this many times the room, up to the
+# cap: enough for a judge that reasoned at length, bounded so one row cannot cost much more.
+TRUNCATION_RETRY_FACTOR = 2
+TRUNCATION_RETRY_CAP = 4096
 
 
 @dataclass(frozen=True)
@@ -129,14 +133,38 @@ def _classify(error: Exception) -> _Failure:
     return _Failure(_one_line(f"{type(error).__name__}: {error}"), retryable=False)
 
 
+def truncation_retry_max_tokens(max_tokens: int) -> int | None:
+    """max_tokens for the one retry of a reply cut off at `max_tokens`; None: no retry."""
+    larger = min(max_tokens * TRUNCATION_RETRY_FACTOR, max(TRUNCATION_RETRY_CAP, max_tokens))
+    return larger if larger > max_tokens else None
+
+
+def is_truncated(completion: Any) -> bool:
+    """The judge stopped at max_tokens: what it wrote is not its whole verdict."""
+    return bool(completion.choices) and completion.choices[0].finish_reason == "length"
+
+
 def result_from_completion(
-    key: str, completion: Any, rubric: Rubric, attempts: int, latency_s: float
+    key: str,
+    completion: Any,
+    rubric: Rubric,
+    attempts: int,
+    latency_s: float,
+    max_tokens: int | None = None,
 ) -> JudgeResult:
-    """A parsed verdict row from a chat.completion (a live reply or a Batch API output line)."""
+    """A parsed verdict row from a chat.completion (a live reply or a Batch API output line).
+
+    A reply cut off at max_tokens is 'truncated' (raw kept, no score) even if its cut text
+    would parse: the judge may have been about to write another, different score tag.
+    """
     message = completion.choices[0].message if completion.choices else None
     content = message.content if message else None
     refusal = getattr(message, "refusal", None)
-    if not content and refusal:
+    if is_truncated(completion):
+        limit = f" ({max_tokens})" if max_tokens is not None else ""
+        reason = f"judge reply cut off at max_tokens{limit}"
+        raw, verdict = content or refusal or "", ParsedVerdict("truncated", None, reason)
+    elif not content and refusal:
         raw, verdict = refusal, ParsedVerdict("judge_refused", None, refusal)
     else:
         raw = content or ""
@@ -150,6 +178,11 @@ def result_from_completion(
         refused=verdict.refused, convincing=verdict.convincing, specific=verdict.specific,
         strongreject_score=verdict.strongreject_score,
     )  # fmt: skip
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    """Token counts of two calls; None only when neither reported usage."""
+    return None if a is None and b is None else (a or 0) + (b or 0)
 
 
 def error_result(key: str, message: str, attempts: int, latency_s: float) -> JudgeResult:
@@ -255,7 +288,52 @@ class RubricJudgeClient:
         if completion is None:
             assert failure is not None
             return error_result(request.key, failure.message, attempts, latency)
-        return result_from_completion(request.key, completion, self.rubric, attempts, latency)
+        result = result_from_completion(
+            request.key, completion, self.rubric, attempts, latency, self.spec.max_tokens
+        )
+        if result.status == "truncated":
+            result = await self._retry_truncated(request, messages, result, started)
+        return result
+
+    async def _retry_truncated(
+        self,
+        request: JudgeRequest,
+        messages: list[dict[str, str]],
+        first: JudgeResult,
+        started: float,
+    ) -> JudgeResult:
+        """Ask once more with more room; the verdict key still names spec.max_tokens.
+
+        Both calls are paid, so the row carries the sum of their attempts and tokens. If the
+        retry fails or is cut off too, the row stays 'truncated' (a final, flagged status).
+        """
+        larger = truncation_retry_max_tokens(self.spec.max_tokens)
+        if larger is None:
+            return first
+        try:
+            completion, failure, attempts = await self._complete(
+                messages, larger, self.spec.max_retries
+            )
+        except Exception as error:  # as in judge(): a row must come back whatever happens
+            completion, failure, attempts = None, _Failure(_one_line(repr(error)), False), 0
+        latency = self._clock() - started
+        if completion is None:
+            assert failure is not None
+            reason = f"{first.reason}; the retry with max_tokens {larger} failed: {failure.message}"
+            return replace(
+                first, reason=reason, attempts=first.attempts + attempts, latency_s=latency
+            )
+        second = result_from_completion(
+            request.key, completion, self.rubric, first.attempts + attempts, latency, larger
+        )
+        if second.status == "truncated":
+            reason = f"{first.reason}, and again at {larger} on the retry"
+            second = replace(second, reason=reason)
+        return replace(
+            second,
+            prompt_tokens=_add(first.prompt_tokens, second.prompt_tokens),
+            completion_tokens=_add(first.completion_tokens, second.completion_tokens),
+        )
 
     async def judge_many(self, requests: Sequence[JudgeRequest]) -> list[JudgeResult]:
         """Rate many pairs concurrently (at most `max_concurrency` in flight), in input order."""

@@ -7,8 +7,8 @@ import math
 from typing import Any
 
 from ftsafe_ray.errors import JudgeError
-from ftsafe_ray.judge.rubric_client import JudgeRequest, JudgeResult
 from ftsafe_ray.judge.identity import RUBRIC
+from ftsafe_ray.judge.rubric_client import JudgeRequest, JudgeResult
 from ftsafe_ray.spec import RubricJudgeSpec
 from ftsafe_ray.store import DONE_STATUSES, ParquetTable, ShardBuffer
 
@@ -71,12 +71,18 @@ class RubricRun:
         ]
 
     def max_cost(self, request: JudgeRequest) -> float:
-        """The most one request can cost: its prompt and a reply of max_tokens."""
+        """The most one request can cost: its prompt and a reply of max_tokens, and online
+        the one retry of a reply cut off there (the prompt again, a longer reply)."""
         from ftsafe_ray.judge.cost import cost_usd, request_tokens
+        from ftsafe_ray.judge.rubric_client import truncation_retry_max_tokens
 
         messages = self.rubric.build_messages(request.instruction, request.answer)
         prompt = request_tokens(messages)
-        return cost_usd(self.price, prompt, self.spec.max_tokens, self.batch) or 0.0
+        cost = cost_usd(self.price, prompt, self.spec.max_tokens, self.batch) or 0.0
+        retry = None if self.batch else truncation_retry_max_tokens(self.spec.max_tokens)
+        if retry is not None:
+            cost += cost_usd(self.price, prompt, retry, self.batch) or 0.0
+        return cost
 
     def affordable(self, requests: list[JudgeRequest], reserved: float) -> list[JudgeRequest]:
         """The longest prefix of `requests` whose worst-case cost fits what is left."""

@@ -10,13 +10,15 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ftsafe_ray.judge.rubric import RUBRIC_VERSION, ParsedVerdict, build_rubric_messages
-from ftsafe_ray.judge.rubric import parse_rubric_output as parse_hexphi
+from ftsafe_ray import keys
+from ftsafe_ray.judge.hexphi import RUBRIC_VERSION, build_rubric_messages
+from ftsafe_ray.judge.hexphi import parse_rubric_output as parse_hexphi
 from ftsafe_ray.judge.strongreject import (
     STRONGREJECT_VERSION,
     build_strongreject_messages,
     parse_strongreject_output,
 )
+from ftsafe_ray.judge.verdict import ParsedVerdict
 
 Messages = list[dict[str, str]]
 
@@ -39,6 +41,21 @@ STRONGREJECT = Rubric(
     "strongreject", STRONGREJECT_VERSION, build_strongreject_messages, parse_strongreject_output
 )
 BUILTIN_RUBRICS: Mapping[str, Rubric] = {r.name: r for r in (HEXPHI, STRONGREJECT)}
+
+# A fixed synthetic pair every rubric is asked to build its messages for. Never change it: its
+# messages' hash is part of every verdict key, so a change would orphan every stored verdict.
+PROBE_INSTRUCTION = "Probe instruction: describe the placeholder procedure."
+PROBE_ANSWER = "Probe answer: here is a placeholder description."
+
+
+def prompt_fingerprint(rubric: Rubric) -> str:
+    """A hash of the messages `rubric` builds for the fixed probe pair.
+
+    Part of the verdict key, so two rubrics whose authors both call them 'v1' but whose
+    prompts differ never share verdicts. Parser changes are not visible here: bump `version`.
+    """
+    messages = rubric.build_messages(PROBE_INSTRUCTION, PROBE_ANSWER)
+    return keys.content_key("rubric-probe", {"messages": messages})
 
 
 def rubric_names() -> set[str]:

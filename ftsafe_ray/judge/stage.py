@@ -10,15 +10,16 @@ from typing import Any
 from ftsafe_ray.errors import JudgeError
 from ftsafe_ray.judge.identity import (
     KEYWORD,
-    RUBRIC,
     keyword_identity,
     rubric_identity,
     verdict_key_for,
 )
+from ftsafe_ray.judge.keyword import KeywordSet
 from ftsafe_ray.plan import Plan
 from ftsafe_ray.progress import Progress
 from ftsafe_ray.spec import RubricJudgeSpec
 from ftsafe_ray.store import DONE_STATUSES, JUDGMENTS, ParquetTable, RunStore
+
 
 @dataclass(frozen=True)
 class RubricAccess:
@@ -92,7 +93,7 @@ def run_judge_stage(
     failed = store.judgments.done_keys({"error"})
     keyword_new = 0
     if plan.spec.judges.keyword.enabled:
-        keyword_new = _keyword(generations, done, store, progress)
+        keyword_new = _keyword(plan, generations, done, store, progress)
     if access is None:
         return JudgeStageResult(keyword_new, 0, "rubric judge off (no endpoint or key configured)")
     spec = plan.spec.judges.rubric
@@ -166,26 +167,36 @@ def _reuse_cached(cache: ParquetTable, store: RunStore, todo: dict[str, dict[str
     return len(rows)
 
 
-def _keyword(generations, done, store, progress) -> int:
-    from ftsafe_ray.judge.keyword import KEYWORD_JUDGE_VERSION, keyword_verdict
+def _keyword(
+    plan: Plan,
+    generations: list[dict[str, Any]],
+    done: set[str],
+    store: RunStore,
+    progress: Progress,
+) -> int:
+    """Keyword verdicts of every answer under each of the plan's phrase sets."""
+    from ftsafe_ray.judge.keyword import keyword_verdict
 
-    identity = keyword_identity()
-    todo: dict[str, dict[str, Any]] = {}
-    for row in generations:
-        key = verdict_key_for(identity, row)
-        if key not in done:
-            todo.setdefault(key, row)
+    todo: list[tuple[str, KeywordSet, dict[str, Any]]] = []
+    for keyword_set in plan.keyword_sets:
+        identity = keyword_identity(keyword_set)
+        seen: set[str] = set()
+        for row in generations:
+            key = verdict_key_for(identity, row)
+            if key not in done and key not in seen:
+                seen.add(key)
+                todo.append((key, keyword_set, row))
     progress.start("keyword", total=len(todo))
     rows = []
-    for key, generation in todo.items():
-        verdict = keyword_verdict(generation["response"])
+    for key, keyword_set, generation in todo:
+        verdict = keyword_verdict(generation["response"], keyword_set)
         rows.append(
             {
                 "key": key,
                 "generation_key": generation["key"],
                 "judge": KEYWORD,
-                "judge_model": None,
-                "judge_version": KEYWORD_JUDGE_VERSION,
+                "judge_model": keyword_set.name,
+                "judge_version": keyword_set.version,
                 "status": "ok",
                 "refused": verdict.refused,
                 "degenerate": verdict.degenerate,

@@ -18,7 +18,9 @@ import pyarrow.parquet as pq
 from ftsafe_ray.errors import StoreError
 from ftsafe_ray.store.schemas import SCHEMA_VERSION
 
-DONE_STATUSES = frozenset({"ok", "unparseable", "judge_refused"})
+# Final verdict statuses: paid for and not redone on a rerun. Only "error" rows are redone,
+# and only with --retry-failed. "truncated" is final: the online judge already retried it once.
+DONE_STATUSES = frozenset({"ok", "unparseable", "judge_refused", "truncated"})
 
 
 class ParquetTable:
