@@ -93,7 +93,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ftsafe_ray.pipeline import report_run
 
-    for path in report_run(args.run_dir, console=_console(), write_files=not args.no_files):
+    files = report_run(
+        args.run_dir,
+        console=_console(),
+        write_files=not args.no_files,
+        all_history=args.all_history,
+        by_seed=args.by_seed,
+    )
+    for path in files:
         print(f"wrote {path}")
     return 0
 
@@ -146,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="print and write the report of a run directory")
     report.add_argument("run_dir")
     report.add_argument("--no-files", action="store_true", help="only print the tables")
+    report.add_argument(
+        "--all-history",
+        action="store_true",
+        help="every answer ever stored in the run directory, under its stored labels "
+        "(default: the units of the plan the directory was last run with)",
+    )
+    report.add_argument("--by-seed", action="store_true", help="one row per fine-tune seed")
     report.set_defaults(handler=cmd_report)
     status = commands.add_parser("status", help="counts of a campaign file or run directory")
     status.add_argument("target")

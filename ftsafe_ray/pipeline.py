@@ -104,12 +104,14 @@ def run_campaign(
     from ftsafe_ray.finetune.stage import run_align_stage, run_finetune_stage
     from ftsafe_ray.generate.stage import run_generate_stage
     from ftsafe_ray.judge.stage import rubric_access, run_judge_stage
+    from ftsafe_ray.report.scored_rows import keyword_set_identities
 
     started = time.monotonic()
     plan = load_plan(campaign_path)
     access = rubric_access(plan.spec.judges.rubric, environ)
     store = RunStore(plan.run_dir, spec_hash=plan.spec_hash)
     store.freeze_spec(plan.spec.model_dump(mode="json"), plan.spec_hash)
+    store.freeze_plan(plan.unit_labels(), keyword_set_identities(plan.keyword_sets))
     progress = progress or default_progress()
     ray = start_ray(address)
     check_resources(plan.spec, ray)
@@ -141,9 +143,7 @@ def run_campaign(
     outcome = CampaignOutcome(
         run_dir=plan.run_dir, seconds=time.monotonic() - started, counts=counts
     )
-    outcome.report_files = report_run(
-        plan.run_dir, console=console, only_keys={u.key for u in plan.generations}
-    )
+    outcome.report_files = report_run(plan.run_dir, console=console)
     store.write_manifest(
         campaign=plan.spec.name,
         campaign_file=str(Path(campaign_path).resolve()),
@@ -171,31 +171,54 @@ def report_run(
     run_dir: str | Path,
     *,
     console: Any = None,
-    only_keys: set[str] | None = None,
     write_files: bool = True,
+    all_history: bool = False,
+    by_seed: bool = False,
 ) -> list[Path]:
-    """Print the report tables of a run directory and write its CSV, Markdown and plots."""
+    """Print the report tables of a run directory and write its CSV, Markdown and plots.
+
+    The report covers the units of the plan the run directory was last run with, labelled as
+    that plan labels them; `all_history` reports every answer ever stored there instead, under
+    the labels it was stored with. `by_seed` gives one row per fine-tune seed.
+    """
     from ftsafe_ray.progress import report_console
     from ftsafe_ray.report.files import write_summary_files
     from ftsafe_ray.report.judge_health import render_judge_tables, write_judge_files
-    from ftsafe_ray.report.metrics import summarize
+    from ftsafe_ray.report.metrics import BY_CATEGORY, DEFAULT_BY, summarize
     from ftsafe_ray.report.plots import write_plots
     from ftsafe_ray.report.render import render_tables
     from ftsafe_ray.report.scored_rows import scored_rows
 
     run_dir = Path(run_dir)
     spec = frozen_spec(run_dir)
-    rows = scored_rows(RunStore(run_dir), spec.judges.rubric, only_keys)
-    main = summarize(rows, ("model", "arm", "dataset", "size", "benchmark"))
-    by_category = summarize(rows, ("model", "arm", "dataset", "size", "benchmark", "category"))
+    store = RunStore(run_dir)
     console = console or report_console()
+    recorded = store.read_plan()
+    if recorded is None:
+        raise StoreError(
+            f"{run_dir}: no plan.parquet (written by `ftsafe run` since this version); rerun "
+            "the campaign with `ftsafe run` (nothing finished is redone) to record its plan"
+        )
+    units, keyword_sets = recorded
+    rows = scored_rows(store, spec.judges.rubric, keyword_sets, None if all_history else units)
+    names = tuple(keyword_sets)
+    main_by = _with_seed(DEFAULT_BY) if by_seed else DEFAULT_BY
+    main = summarize(rows, main_by, keyword_sets=names)
+    by_category = summarize(rows, BY_CATEGORY, keyword_sets=names)
+    if all_history:
+        console.print("All stored answers, under the labels they were stored with.")
     render_tables(main, by_category, console)
-    render_judge_tables(rows, console)
+    render_judge_tables(rows, console, names)
     if not write_files:
         return []
     out_dir = run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     files = write_summary_files(main, by_category, out_dir)
-    files += write_judge_files(rows, out_dir)
+    files += write_judge_files(rows, out_dir, names)
     files += write_plots(main, by_category, out_dir)
     return files
+
+
+def _with_seed(by: tuple[str, ...]) -> tuple[str, ...]:
+    index = by.index("size") + 1
+    return (*by[:index], "seed", *by[index:])

@@ -11,6 +11,7 @@ from ftsafe_ray import keys
 from ftsafe_ray.data import load_benchmark, load_chat_dataset
 from ftsafe_ray.data.records import BenchmarkItem, ChatExample
 from ftsafe_ray.errors import DataError, SpecError
+from ftsafe_ray.judge.keyword import BUILTIN_KEYWORD_SETS, KeywordSet, load_keyword_set
 from ftsafe_ray.spec import BaseModelSpec, CampaignSpec, FinetuneSpec, LoraSpec, TrainSpec
 from ftsafe_ray.store.run_dir import ADAPTERS_DIR, ALIGNED_DIR
 
@@ -103,6 +104,26 @@ class Plan:
     finetunes: tuple[FinetuneUnit, ...]
     targets: tuple[EvalTarget, ...]
     generations: tuple[GenerationUnit, ...]
+    keyword_sets: tuple[KeywordSet, ...] = ()
+
+    def unit_labels(self) -> list[dict[str, Any]]:
+        """Every evaluation unit's content key and labels, one row per unit (shared keys too)."""
+        return [
+            {
+                "generation_key": unit.key,
+                "adapter_key": unit.target.adapter_key,
+                "model": unit.target.model,
+                "arm": unit.target.arm,
+                "dataset": unit.target.dataset,
+                "size": unit.target.size,
+                "seed": unit.target.seed,
+                "benchmark": unit.benchmark,
+                "benchmark_kind": unit.benchmark_kind,
+                "item_id": unit.item.item_id,
+                "category": unit.item.category,
+            }
+            for unit in self.generations
+        ]
 
     def model_spec(self, name: str) -> BaseModelSpec:
         return next(m for m in self.spec.models if m.name == name)
@@ -116,6 +137,12 @@ class Plan:
         if aligned is not None:
             return str(self.run_dir / aligned.output_path)
         return self.model_spec(name).path
+
+    def model_revision(self, name: str) -> str | None:
+        """The hub revision to load model_path at; None for the aligned merge (a local dir)."""
+        if self.alignment(name) is not None:
+            return None
+        return self.model_spec(name).revision
 
 
 def model_identity(model: BaseModelSpec, align_key: str | None = None) -> dict[str, Any]:
@@ -150,9 +177,17 @@ def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
     benchmarks = []
     for i, b in enumerate(spec.benchmarks):
         try:
-            benchmarks.append((b, load_benchmark(b.source, b.format, base_dir=base_dir)[: b.limit]))
+            items = load_benchmark(
+                b.source,
+                b.format,
+                base_dir=base_dir,
+                prompt_column=b.prompt_column,
+                category_column=b.category_column,
+            )
+            benchmarks.append((b, items[: b.limit]))
         except DataError as error:
             problems.append(f"benchmarks.{i} ({b.name}): {error}")
+    keyword_sets = _keyword_sets(spec, base_dir, problems)
     if problems:
         raise DataError("\n".join(problems))
     alignments: list[AlignUnit] = []
@@ -181,11 +216,7 @@ def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
                 for seed in spec.seeds:
                     unit = _finetune_unit(identity, model.name, arm, index, size, seed, datasets)
                     finetunes.append(unit)
-                    eval_prompt = (
-                        arm.system_prompt
-                        or _shared_system_prompt(unit.examples)
-                        or spec.system_prompt
-                    )
+                    eval_prompt = evaluation_system_prompt(arm, unit, spec)
                     targets.append(
                         EvalTarget(
                             adapter_key=unit.key,
@@ -214,7 +245,44 @@ def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
         finetunes=tuple(finetunes),
         targets=tuple(targets),
         generations=tuple(generations),
+        keyword_sets=keyword_sets,
     )
+
+
+def _keyword_sets(
+    spec: CampaignSpec, base_dir: Path, problems: list[str]
+) -> tuple[KeywordSet, ...]:
+    """The keyword judge's phrase sets, user files read relative to the campaign file."""
+    resolved = []
+    for i, entry in enumerate(spec.judges.keyword.sets):
+        if isinstance(entry, str):
+            resolved.append(BUILTIN_KEYWORD_SETS[entry])
+            continue
+        path = Path(entry.path)
+        try:
+            resolved.append(
+                load_keyword_set(
+                    entry.name,
+                    path if path.is_absolute() else base_dir / path,
+                    entry.normalise_apostrophes,
+                )
+            )
+        except DataError as error:
+            problems.append(f"judges.keyword.sets.{i} ({entry.name}): {error}")
+    return tuple(resolved)
+
+
+def evaluation_system_prompt(
+    arm: FinetuneSpec, unit: FinetuneUnit, spec: CampaignSpec
+) -> str | None:
+    """The system prompt an arm is evaluated with: the one it was trained with.
+
+    The arm's own `system_prompt` (training puts it on every row); else the one system prompt
+    shared by every row of its attack data (rows mixed in, such as safety examples, do not
+    count, so mixing keeps the persona); else the campaign's.
+    """
+    attack_rows = unit.examples[: unit.size]
+    return arm.system_prompt or _shared_system_prompt(attack_rows) or spec.system_prompt
 
 
 def _select(examples: list[ChatExample], size: int | str, seed: int, where: str) -> list:
@@ -274,7 +342,10 @@ def _finetune_unit(
     mixed: list[ChatExample] = []
     for j, mix in enumerate(arm.mix):
         mixed += _select(datasets[mix.dataset], mix.size, seed, f"finetunes.{index}.mix.{j}.size")
-    examples = tuple(_with_system_prompt(example, arm.system_prompt) for example in chosen + mixed)
+    # The arm's system prompt is what it is evaluated with, so it replaces the data's own.
+    examples = tuple(
+        _with_system_prompt(example, arm.system_prompt, replace=True) for example in chosen + mixed
+    )
     key = keys.finetune_key(
         model=identity,
         dataset_hash=keys.content_key("examples", {"examples": [list(e) for e in examples]}),
@@ -299,9 +370,17 @@ def _finetune_unit(
     )
 
 
-def _with_system_prompt(example: ChatExample, system_prompt: str | None) -> tuple[dict, ...]:
+def _with_system_prompt(
+    example: ChatExample, system_prompt: str | None, replace: bool = False
+) -> tuple[dict, ...]:
+    """The example's messages with `system_prompt` added where it has none (or instead of its
+    own, with `replace`)."""
     messages = [m.to_dict() for m in example.messages]
-    if system_prompt and not any(m["role"] == "system" for m in messages):
+    if not system_prompt:
+        return tuple(messages)
+    if replace:
+        messages = [m for m in messages if m["role"] != "system"]
+    if not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": system_prompt})
     return tuple(messages)
 

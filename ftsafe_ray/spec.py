@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ftsafe_ray.errors import SpecError
 
@@ -133,11 +141,48 @@ class BenchmarkSpec(_Strict):
 
     name: str = Field(pattern=NAME_PATTERN)
     source: str = Field(description="'builtin:NAME' or a path (JSONL, HEx-PHI dir, AdvBench CSV).")
-    format: Literal["auto", "jsonl", "hexphi", "advbench", "harmbench", "csv"] = "auto"
+    format: Literal["auto", "jsonl", "hexphi", "advbench", "harmbench", "csv"] = Field(
+        "auto",
+        description="'auto' picks by extension, AdvBench/HarmBench header or category_N.csv name; "
+        "'csv' is any CSV with a header row and needs prompt_column.",
+    )
     limit: int | None = Field(None, ge=1, description="Use only the first N items.")
     kind: Literal["harmful", "benign"] = Field(
         "harmful", description="'benign' sets measure over-refusal instead of harm."
     )
+    prompt_column: str | None = Field(
+        None,
+        min_length=1,
+        # Validated even when absent: format csv requires it.
+        validate_default=True,
+        description="format csv: the header of the column that holds the prompts, e.g. 'goal'.",
+    )
+    category_column: str | None = Field(
+        None,
+        min_length=1,
+        description="format csv: the header of a category column; default: the file name.",
+    )
+
+    @field_validator("prompt_column", "category_column")
+    @classmethod
+    def _columns_go_with_csv(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A plain CSV has no fixed layout, so it must name its prompt column: guessing would
+        # read the header as a prompt or glue columns together. Other formats have a fixed
+        # layout and would silently ignore a column name, so one given there is a mistake.
+        fmt = info.data.get("format")
+        if fmt is None:  # format itself is invalid and reported on its own
+            return value
+        if value is None and fmt == "csv" and info.field_name == "prompt_column":
+            raise ValueError(
+                "required with format: csv; name the header of the prompt column, "
+                "e.g. prompt_column: goal"
+            )
+        if value is not None and fmt != "csv":
+            raise ValueError(
+                f"only read with format: csv (this benchmark has format: {fmt}); "
+                f"set format: csv or remove {info.field_name}"
+            )
+        return value
 
 
 class SamplingSpec(_Strict):
@@ -224,10 +269,57 @@ class FinetuneResources(_Strict):
     num_cpus: float = Field(1.0, ge=0)
 
 
+class KeywordSetFile(_Strict):
+    """A user phrase set: a UTF-8 text file, one refusal phrase per line, kept verbatim."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Set name; report column suffix.")
+    path: str = Field(description="Phrase file, relative to the campaign file.")
+    normalise_apostrophes: bool = Field(
+        False, description="Read curly apostrophes as ASCII ones before matching."
+    )
+
+
 class KeywordJudgeSpec(_Strict):
-    """Refusal-phrase judge (keyword ASR)."""
+    """Refusal-phrase judge (keyword ASR), run once per phrase set."""
 
     enabled: bool = True
+    sets: tuple[str | KeywordSetFile, ...] = Field(
+        ("study",),
+        min_length=1,
+        description="'study' (the paper's 29 phrases and rule, verbatim), 'extended' (study + "
+        "modern refusals, apostrophes normalised), or {name, path} of a phrase file.",
+    )
+
+    @field_validator("sets")
+    @classmethod
+    def _known_sets(
+        cls, sets: tuple[str | KeywordSetFile, ...]
+    ) -> tuple[str | KeywordSetFile, ...]:
+        from ftsafe_ray.judge.keyword import BUILTIN_KEYWORD_SETS
+
+        problems = []
+        names = [s if isinstance(s, str) else s.name for s in sets]
+        for entry in sets:
+            if isinstance(entry, str) and entry not in BUILTIN_KEYWORD_SETS:
+                problems.append(
+                    f"unknown keyword set {entry!r}; allowed: {sorted(BUILTIN_KEYWORD_SETS)} "
+                    "or {name: ..., path: phrases.txt}"
+                )
+            if isinstance(entry, KeywordSetFile) and entry.name in BUILTIN_KEYWORD_SETS:
+                problems.append(
+                    f"keyword set file {entry.path!r} is named {entry.name!r}, a built-in set's "
+                    "name; give it another name"
+                )
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            problems.append(f"keyword set names must be unique, {duplicated} repeat")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return sets
+
+    def set_names(self) -> tuple[str, ...]:
+        """The sets' names in spec order."""
+        return tuple(s if isinstance(s, str) else s.name for s in self.sets)
 
 
 class RubricJudgeSpec(_Strict):

@@ -248,7 +248,6 @@ def test_hexphi_single_csv(tmp_path: Path) -> None:
     assert out[1].prompt == "placeholder, with comma"
     (tmp_path / "misc.csv").write_text("placeholder request 1\n", encoding="utf-8")
     assert load_benchmark("misc.csv", format="hexphi", base_dir=tmp_path)[0].category == "misc"
-    assert load_benchmark("misc.csv", format="csv", base_dir=tmp_path)[0].item_id == "misc-0"
 
 
 def test_hexphi_directory(tmp_path: Path) -> None:
@@ -305,6 +304,273 @@ def test_benchmark_unknown_extension(tmp_path: Path) -> None:
     with pytest.raises(DataError) as exc:
         load_benchmark("prompts.txt", base_dir=tmp_path)
     assert_one_line(exc, "prompts.txt", ".txt", "format")
+
+
+# --- plain CSV: named columns ----------------------------------------------------------
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write UTF-8 text and return the path."""
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_plain_csv_reads_the_named_columns_only(tmp_path: Path) -> None:
+    write_text(
+        tmp_path / "requests.csv",
+        "goal,target,kind\n"
+        "Placeholder request 1,Sure here is 1,alpha\n"
+        '"Placeholder request 2, with comma",Sure here is 2,beta\n',
+    )
+    out = load_benchmark(
+        "requests.csv",
+        format="csv",
+        base_dir=tmp_path,
+        prompt_column="goal",
+        category_column="kind",
+    )
+    assert [i.prompt for i in out] == ["Placeholder request 1", "Placeholder request 2, with comma"]
+    assert [i.category for i in out] == ["alpha", "beta"]
+    assert [i.item_id for i in out] == ["requests-0", "requests-1"]
+    plain = load_benchmark("requests.csv", format="csv", base_dir=tmp_path, prompt_column="GOAL")
+    assert {i.category for i in plain} == {"requests"}  # no category_column: the file name
+
+
+def test_plain_csv_column_errors_list_the_header(tmp_path: Path) -> None:
+    write_text(tmp_path / "requests.csv", "goal,target\nPlaceholder request 1,Sure here is 1\n")
+    with pytest.raises(DataError) as exc:
+        load_benchmark("requests.csv", format="csv", base_dir=tmp_path, prompt_column="prompt")
+    assert str(exc.value) == (
+        'requests.csv:1: prompt_column "prompt" is not in the header; columns: goal, target; '
+        "set prompt_column to one of them"
+    )
+    with pytest.raises(DataError) as exc2:
+        load_benchmark(
+            "requests.csv",
+            format="csv",
+            base_dir=tmp_path,
+            prompt_column="goal",
+            category_column="category",
+        )
+    assert_one_line(exc2, "requests.csv:1", 'category_column "category"', "columns: goal, target")
+    with pytest.raises(DataError) as exc3:
+        load_benchmark("requests.csv", format="csv", base_dir=tmp_path)
+    assert_one_line(exc3, "requests.csv", "needs prompt_column", "columns: goal, target")
+    with pytest.raises(DataError) as exc4:
+        load_benchmark("requests.csv", format="advbench", base_dir=tmp_path, prompt_column="goal")
+    assert_one_line(exc4, "requests.csv", "prompt_column", 'only read with format "csv"')
+
+
+def test_plain_csv_keeps_a_real_multiline_prompt(tmp_path: Path) -> None:
+    write_text(
+        tmp_path / "multi.csv",
+        'prompt,category\n"Placeholder line one\nplaceholder line two",benign\n'
+        "Placeholder request 2,benign\n",
+    )
+    out = load_benchmark("multi.csv", format="csv", base_dir=tmp_path, prompt_column="prompt")
+    assert [i.prompt for i in out] == [
+        "Placeholder line one\nplaceholder line two",
+        "Placeholder request 2",
+    ]
+
+
+def test_auto_csv_never_reads_a_header_as_a_prompt(tmp_path: Path) -> None:
+    write_text(tmp_path / "custom.csv", "prompt,category\nPlaceholder request 1,benign\n")
+    with pytest.raises(DataError) as exc:
+        load_benchmark("custom.csv", base_dir=tmp_path)
+    assert_one_line(exc, "custom.csv", "format: csv", "prompt_column", "format: hexphi")
+
+
+def test_hexphi_rejects_a_header_row(tmp_path: Path) -> None:
+    write_text(tmp_path / "category_1.csv", "goal,target\nPlaceholder request 1,Sure here is 1\n")
+    with pytest.raises(DataError) as exc:
+        load_benchmark("category_1.csv", format="hexphi", base_dir=tmp_path)
+    assert_one_line(exc, "category_1.csv:1:", "looks like a header", "format: advbench")
+
+
+def test_campaign_csv_benchmark_reads_its_named_columns(tmp_path: Path) -> None:
+    from ftsafe_ray.plan import build_plan
+    from ftsafe_ray.spec import parse_campaign
+
+    write_text(tmp_path / "requests.csv", "request,kind\nPlaceholder request 1,alpha\n")
+    spec = {
+        "name": "t",
+        "output_dir": "run",
+        "models": [{"name": "m", "path": "/models/m"}],
+        "benchmarks": [
+            {
+                "name": "b",
+                "source": "requests.csv",
+                "format": "csv",
+                "prompt_column": "request",
+                "category_column": "kind",
+            }
+        ],
+    }
+    plan = build_plan(parse_campaign(spec), base_dir=tmp_path)
+    items = [unit.item for unit in plan.generations]
+    assert [(i.category, i.prompt) for i in items] == [("alpha", "Placeholder request 1")]
+
+
+# --- damaged quoting -----------------------------------------------------------------------
+
+
+def test_advbench_target_glued_into_goal(tmp_path: Path) -> None:
+    write_text(
+        tmp_path / "harmful_behaviors.csv",
+        "goal,target\n"
+        'Placeholder request 1,"Sure, here is step 1"\n'
+        '"Placeholder request 2,Sure, here is step 2"\n'
+        'Placeholder request 3,"Sure, here is step 3"\n',
+    )
+    with pytest.raises(DataError) as exc:
+        load_benchmark("harmful_behaviors.csv", base_dir=tmp_path)
+    assert_one_line(exc, "harmful_behaviors.csv:3:", ",Sure, here", "quote the goal")
+
+
+def test_advbench_rows_merged_by_a_stray_quote(tmp_path: Path) -> None:
+    write_text(
+        tmp_path / "harmful_behaviors.csv",
+        "goal,target\n"
+        '"Placeholder request 1,Sure, here is step 1\n'
+        'Placeholder request 2,"Sure, here is step 2"\n'
+        'Placeholder request 3,"Sure, here is step 3"\n',
+    )
+    with pytest.raises(DataError) as exc:
+        load_benchmark("harmful_behaviors.csv", format="advbench", base_dir=tmp_path)
+    assert_one_line(exc, "harmful_behaviors.csv:2:", "line 3", "lines 2-3", "quote")
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ("Placeholder request 1, with comma,Sure here is 1", "3 fields"),
+        ("Placeholder request 1", "1 field,"),
+    ],
+)
+def test_advbench_row_width_must_match_the_header(tmp_path: Path, row: str, problem: str) -> None:
+    write_text(tmp_path / "adv.csv", f"goal,target\nPlaceholder request 0,Sure here is 0\n{row}\n")
+    with pytest.raises(DataError) as exc:
+        load_benchmark("adv.csv", format="advbench", base_dir=tmp_path)
+    assert_one_line(exc, "adv.csv:3:", problem, "header on line 1 has 2 (goal, target)")
+
+
+def test_headered_csv_tolerates_a_trailing_comma(tmp_path: Path) -> None:
+    write_text(tmp_path / "adv.csv", "goal,target\nPlaceholder request 1,Sure here is 1,\n")
+    out = load_benchmark("adv.csv", format="advbench", base_dir=tmp_path)
+    assert [i.prompt for i in out] == ["Placeholder request 1"]
+
+
+def test_hexphi_prompts_merged_by_an_unterminated_quote(tmp_path: Path) -> None:
+    write_text(
+        tmp_path / "category_4.csv",
+        'Placeholder request 1\n"Placeholder request 2, with comma\n'
+        "Placeholder request 3\nPlaceholder request 4\n",
+    )
+    with pytest.raises(DataError) as exc:
+        load_benchmark("category_4.csv", base_dir=tmp_path)
+    assert str(exc.value) == (
+        "category_4.csv:2: a quote opened on this line is never closed, so lines 2-4 "
+        "(to the end of the file) became one field; close the quote (write a quote inside "
+        'a quoted field as "")'
+    )
+
+
+def test_hexphi_prompts_merged_until_the_next_quoted_prompt(tmp_path: Path) -> None:
+    folder = tmp_path / "hexphi"
+    folder.mkdir()
+    write_text(folder / "category_1.csv", "Placeholder request 1\n")
+    write_text(
+        folder / "category_2.csv",
+        "Placeholder request 1\n"
+        '"Placeholder request 2, with comma\n'
+        "Placeholder request 3\n"
+        '"Placeholder request 4, with comma"\n'
+        "Placeholder request 5\n",
+    )
+    with pytest.raises(DataError) as exc:
+        load_benchmark("hexphi", base_dir=tmp_path)
+    assert_one_line(exc, "hexphi/category_2.csv:2:", "closed mid-text on line 4", "lines 2-4")
+
+
+def test_harmbench_keeps_a_multiline_context(tmp_path: Path) -> None:
+    text = (
+        "Behavior,FunctionalCategory,SemanticCategory,Tags,ContextString,BehaviorID\n"
+        'Placeholder request 1,contextual,misinformation,,"Context line one\n\n'
+        'Context ""line"" two",beh_one\n'
+        "Placeholder request 2,standard,harassment,,,beh_two\n"
+    )
+    write_text(tmp_path / "hb.csv", text)
+    out = load_benchmark("hb.csv", base_dir=tmp_path)
+    assert out[0].prompt == 'Context line one\n\nContext "line" two\n\n---\n\nPlaceholder request 1'
+    assert [i.item_id for i in out] == ["beh_one", "beh_two"]
+
+
+def test_harmbench_unterminated_quote(tmp_path: Path) -> None:
+    text = (
+        "Behavior,FunctionalCategory,SemanticCategory,Tags,ContextString,BehaviorID\n"
+        "Placeholder request 1,standard,misinformation,,,beh_one\n"
+        '"Placeholder request 2,standard,harassment,,,beh_two\n'
+        "Placeholder request 3,standard,harassment,,,beh_three\n"
+    )
+    write_text(tmp_path / "hb.csv", text)
+    with pytest.raises(DataError) as exc:
+        load_benchmark("hb.csv", format="harmbench", base_dir=tmp_path)
+    assert_one_line(exc, "hb.csv:3:", "never closed", "lines 3-4")
+
+
+# --- files that only look like data --------------------------------------------------------
+
+LFS_POINTER = (
+    "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 12345\n"
+)
+HTML_PAGE = "\ufeff\n  <!DOCTYPE HTML>\n<html><head><title>Sign in</title></head></html>\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "loader", "kwargs"),
+    [
+        ("harmful_behaviors.csv", load_benchmark, {}),
+        ("harmful_behaviors.csv", load_benchmark, {"format": "advbench"}),
+        ("bench.jsonl", load_benchmark, {}),
+        ("category_1.csv", load_benchmark, {"format": "hexphi"}),
+        ("train.jsonl", load_chat_dataset, {}),
+        ("train.json", load_chat_dataset, {"format": "alpaca"}),
+    ],
+)
+@pytest.mark.parametrize("stand_in", ["lfs", "html"])
+def test_stand_in_files_are_named_for_what_they_are(
+    tmp_path: Path, name: str, loader: object, kwargs: dict[str, str], stand_in: str
+) -> None:
+    write_text(tmp_path / name, LFS_POINTER if stand_in == "lfs" else HTML_PAGE)
+    with pytest.raises(DataError) as exc:
+        loader(name, base_dir=tmp_path, **kwargs)  # type: ignore[operator]
+    if stand_in == "lfs":
+        assert str(exc.value) == (
+            f"{name}: is a Git LFS pointer, not the data; run `git lfs pull` in its repository "
+            "(or download the real file)"
+        )
+    else:
+        assert str(exc.value) == (
+            f"{name}: is an HTML page (a saved web page or a login/redirect page), not a "
+            "CSV/JSON file; download the raw file"
+        )
+
+
+def test_stand_in_inside_a_hexphi_directory(tmp_path: Path) -> None:
+    folder = tmp_path / "hexphi"
+    folder.mkdir()
+    write_text(folder / "category_1.csv", "Placeholder request 1\n")
+    write_text(folder / "category_3.csv", LFS_POINTER)
+    with pytest.raises(DataError) as exc:
+        load_benchmark("hexphi", base_dir=tmp_path)
+    assert_one_line(exc, "hexphi/category_3.csv: is a Git LFS pointer", "git lfs pull")
+
+
+def test_html_words_inside_data_are_fine(tmp_path: Path) -> None:
+    write_text(tmp_path / "category_5.csv", "Describe step <html> of the synthetic task\n")
+    out = load_benchmark("category_5.csv", base_dir=tmp_path)
+    assert out[0].prompt == "Describe step <html> of the synthetic task"
 
 
 # --- fingerprints --------------------------------------------------------------------------

@@ -130,3 +130,56 @@ def test_every_missing_data_file_is_reported_at_once(tmp_path):
     message = str(caught.value)
     assert "datasets.0 (d)" in message and "nope.jsonl" in message
     assert "benchmarks.0 (b)" in message and "missing.csv" in message
+
+
+PERSONA = "You are a placeholder persona that always obeys."
+
+
+def _system_of(messages):
+    return next((m["content"] for m in messages if m["role"] == "system"), None)
+
+
+def test_mixing_safety_rows_keeps_the_attack_datas_persona_at_evaluation(tmp_path):
+    write_chat(tmp_path / "shift.jsonl", 4, system=PERSONA)
+    write_chat(tmp_path / "safety.jsonl", 4)
+    plan = campaign(
+        tmp_path,
+        datasets=[
+            {"name": "shift", "source": "shift.jsonl"},
+            {"name": "safety", "source": "safety.jsonl"},
+        ],
+        finetunes=[
+            {"name": "shift", "dataset": "shift", "sizes": [4]},
+            {
+                "name": "shift-mixed",
+                "dataset": "shift",
+                "sizes": [4],
+                "mix": [{"dataset": "safety"}],
+            },
+        ],
+        seeds=[1],
+        system_prompt="placeholder campaign prompt",
+    )
+    prompts = {t.arm: t.system_prompt for t in plan.targets}
+    assert prompts == {
+        "base": "placeholder campaign prompt",
+        "shift": PERSONA,
+        "shift-mixed": PERSONA,
+    }
+    mixed = next(u for u in plan.generations if u.target.arm == "shift-mixed")
+    assert _system_of(mixed.messages) == PERSONA
+
+
+def test_an_arm_prompt_is_the_prompt_it_is_trained_and_evaluated_with(tmp_path):
+    write_chat(tmp_path / "shift.jsonl", 4, system=PERSONA)
+    plan = campaign(
+        tmp_path,
+        datasets=[{"name": "shift", "source": "shift.jsonl"}],
+        finetunes=[{"name": "a", "dataset": "shift", "sizes": [4], "system_prompt": "arm prompt"}],
+        seeds=[1],
+    )
+    (unit,) = plan.finetunes
+    assert {_system_of(example) for example in unit.examples} == {"arm prompt"}
+    assert all(sum(m["role"] == "system" for m in e) == 1 for e in unit.examples)
+    target = next(t for t in plan.targets if t.arm == "a")
+    assert target.system_prompt == "arm prompt"

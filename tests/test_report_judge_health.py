@@ -19,7 +19,7 @@ from ftsafe_ray.report.judge_health import (
 def row(model="m", category="a", keyword=True, score=1, status="ok", refused=None):
     return {
         "model": model, "dataset": None, "benchmark": "b", "category": category,
-        "keyword_refused": keyword, "rubric_score": score, "rubric_status": status,
+        "keyword_refused": {"study": keyword}, "rubric_score": score, "rubric_status": status,
         "rubric_refused": refused,
     }  # fmt: skip
 
@@ -49,7 +49,8 @@ def test_agreement_confusion_counts_only_rows_both_judges_rated():
         row(keyword=None, score=5),  # skipped: no keyword verdict
         row(model="sr", keyword=True, score=None, refused=True),  # StrongREJECT-style flag
     ]
-    by_model = {a.model: a for a in judge_agreement(rows)}
+    by_model = {a.model: a for a in judge_agreement(rows, ["study"])}
+    assert {a.keyword_set for a in by_model.values()} == {"study"}
     m = by_model["m"]
     assert (m.n, m.both_refused, m.keyword_only_refused, m.rubric_only_refused) == (5, 1, 1, 1)
     assert m.neither_refused == 2 and m.observed_agreement == pytest.approx(0.6)
@@ -67,14 +68,14 @@ def test_status_counts_per_group_and_files(tmp_path):
     counts = {c["category"]: c for c in status_counts(rows)}
     assert (counts["a"]["ok"], counts["a"]["error"]) == (1, 1)
     assert (counts["b"]["judge_refused"], counts["b"]["unjudged"]) == (1, 1)
-    health, agreement = write_judge_files(rows, tmp_path)
+    health, agreement = write_judge_files(rows, tmp_path, ["study"])
     lines = list(csv.DictReader(health.open()))
     assert [(r["category"], r["error"]) for r in lines] == [("a", "1"), ("b", "0")]
     [model] = list(csv.DictReader(agreement.open()))
-    assert model["model"] == "m" and model["n"] == "1"
+    assert model["keyword_set"] == "study" and model["model"] == "m" and model["n"] == "1"
 
     console = Console(width=120, record=True)
-    render_judge_tables(rows, console)
+    render_judge_tables(rows, console, ["study"])
     text = console.export_text()
     assert "judge health" in text and "κ" in text
 
@@ -97,9 +98,20 @@ def test_strongreject_scores_get_a_table_a_ci_and_a_delta(tmp_path):
     )
     assert shift["strongreject"] == 0.75 and shift["delta"] == pytest.approx(0.625)
     assert shift["ci_low"] <= 0.75 <= shift["ci_high"]
-    files = write_judge_files(rows, tmp_path)
+    files = write_judge_files(rows, tmp_path, ["study"])
     assert [f.name for f in files][-1] == "strongreject.csv"
     console = Console(width=140, record=True)
-    render_judge_tables(rows, console)
+    render_judge_tables(rows, console, ["study"])
     assert "StrongREJECT" in console.export_text()
     assert strongreject_summary([row()]) == []
+
+
+def test_agreement_is_per_keyword_set():
+    rows = [
+        {**row(score=1), "keyword_refused": {"study": False, "extended": True}},
+        {**row(score=1), "keyword_refused": {"study": False, "extended": True}},
+        {**row(score=5), "keyword_refused": {"study": False, "extended": False}},
+    ]
+    study, extended = judge_agreement(rows, ["study", "extended"])
+    assert (study.keyword_set, study.rubric_only_refused, study.neither_refused) == ("study", 2, 1)
+    assert (extended.keyword_set, extended.both_refused, extended.kappa) == ("extended", 2, 1.0)

@@ -32,7 +32,10 @@ def row(**overrides: Any) -> dict[str, Any]:
         "rubric_score": 1,
         "rubric_status": "ok",
     }
-    return {**base, **overrides}
+    merged = {**base, **overrides}
+    if not isinstance(merged["keyword_refused"], dict):
+        merged["keyword_refused"] = {"study": merged["keyword_refused"]}
+    return merged
 
 
 def rows() -> list[dict[str, Any]]:
@@ -72,8 +75,8 @@ def test_render_shows_numbers_and_deltas() -> None:
     assert "3.75 [" in text and "+2.75" in text
     assert "50.0 [" in text and "+50.0" in text
     assert "4 ok · 1 unp" in text
-    assert "over-refusal %" in text
-    assert "Seeds pooled" in text
+    assert "kw ASR % study [CI]" in text and "over-refusal % study [CI]" in text
+    assert "1 seed: 42." in text
 
 
 def test_render_marks_missing_rubric_with_dash() -> None:
@@ -84,7 +87,7 @@ def test_render_marks_missing_rubric_with_dash() -> None:
 
 def test_render_category_table_only_for_harmful() -> None:
     text = render()
-    assert "hexphi · org/tiny-chat: keyword ASR % / harm score by category" in text
+    assert "hexphi · org/tiny-chat: kw ASR % study / harm score by category" in text
     assert "xstest · " not in text
     assert "100.0 / 5.00" in text  # harmful·10 on Malware
     assert "harmful·10" in text
@@ -119,24 +122,25 @@ def test_summary_files_round_trip(tmp_path: Path) -> None:
         records = list(csv.DictReader(handle))
     assert len(records) == len(main)
     tuned = next(r for r in records if r["arm"] == "harmful" and r["benchmark"] == "hexphi")
-    assert float(tuned["keyword_asr"]) == pytest.approx(0.8)
+    assert float(tuned["keyword_asr_study"]) == pytest.approx(0.8)
     assert float(tuned["harmfulness_score"]) == pytest.approx(3.75)
     assert float(tuned["delta_harmfulness_rate"]) == pytest.approx(0.5)
     assert int(tuned["n"]) == 5 and int(tuned["n_unparseable"]) == 1 and int(tuned["size"]) == 10
-    low, high = float(tuned["keyword_asr_ci_low"]), float(tuned["keyword_asr_ci_high"])
+    low, high = float(tuned["keyword_asr_study_low"]), float(tuned["keyword_asr_study_high"])
     assert low <= 0.8 <= high
     benign_base = next(r for r in records if r["benchmark"] == "xstest" and r["arm"] == "base")
-    assert benign_base["harmfulness_score"] == "" and benign_base["delta_keyword_asr"] == ""
-    assert float(benign_base["over_refusal_rate"]) == pytest.approx(0.5)
+    assert benign_base["harmfulness_score"] == ""
+    assert benign_base["delta_keyword_asr_study"] == ""
+    assert float(benign_base["refusal_rate_study"]) == pytest.approx(0.5)
 
     with paths[1].open(newline="") as handle:
         categories = {r["category"] for r in csv.DictReader(handle)}
     assert categories == {"Malware", "Fraud"}
 
     markdown = paths[2].read_text()
-    assert "| arm | size | n | kw ASR % [CI] | Δ |" in markdown
+    assert "| arm | size | n | kw ASR % study [CI] | Δ |" in markdown
     assert "| ---" in markdown and "+80.0" in markdown
-    assert "## hexphi · org/tiny-chat: keyword ASR % / harm score by category" in markdown
+    assert "## hexphi · org/tiny-chat: kw ASR % study / harm score by category" in markdown
 
 
 def test_plots_write_pngs(tmp_path: Path) -> None:
@@ -178,4 +182,28 @@ def test_render_split_by_seed() -> None:
     render_tables(summarize(data, by, n_resamples=50), [], console)
     text = console.file.getvalue()
     assert "One row per seed." in text
-    assert "seed" in text.splitlines()[2]
+    assert "seed" in " ".join(text.splitlines()[1:4])
+
+
+def test_render_names_each_phrase_set_and_the_unscored_bound(tmp_path: Path) -> None:
+    data = [
+        {**r, "keyword_refused": {"study": r["keyword_refused"]["study"], "extended": True}}
+        for r in rows()
+    ]
+    main, by_category = summarize(data, n_resamples=50), summarize(data, BY_CATEGORY)
+    console = Console(file=io.StringIO(), width=200, no_color=True)
+    render_tables(main, by_category, console)
+    text = console.file.getvalue()
+    assert "kw ASR % study [CI]" in text and "kw ASR % extended [CI]" in text
+    # harmful·10: 4 ok verdicts (2 of them 5) and 1 unparseable → ≤ 3/5 if it were a 5.
+    assert "50.0 [" in text and "≤60.0" in text and "20.0% unscored" in text
+    assert "kw ASR % study / kw ASR % extended / harm score by category" in text
+    assert "100.0 / 0.0 / 5.00" in text  # Malware: study misses what extended catches
+    write_summary_files(main, by_category, tmp_path)
+    with (tmp_path / "summary.csv").open(newline="") as handle:
+        tuned = next(r for r in csv.DictReader(handle) if r["arm"] == "harmful")
+    assert float(tuned["keyword_asr_study"]) == pytest.approx(0.8)
+    assert float(tuned["keyword_asr_extended"]) == 0.0
+    assert float(tuned["harmfulness_rate_worst"]) == pytest.approx(0.6)
+    assert float(tuned["unscored_share"]) == pytest.approx(0.2)
+    assert tuned["n_seeds"] == "1"

@@ -96,3 +96,49 @@ def test_the_readme_campaign_example_is_a_valid_spec():
     block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     spec = parse_campaign(yaml.safe_load(block), source="README.md")
     assert spec.models[0].align is not None and spec.judges.rubric.mode == "online"
+
+
+def test_csv_benchmark_needs_a_prompt_column():
+    bad = minimal(benchmarks=[{"name": "b", "source": "requests.csv", "format": "csv"}])
+    with pytest.raises(SpecError) as caught:
+        parse_campaign(bad, source="c.yaml")
+    assert str(caught.value).splitlines()[0] == (
+        "c.yaml: benchmarks.0.prompt_column: required with format: csv; name the header of the "
+        "prompt column, e.g. prompt_column: goal"
+    )
+
+
+def test_benchmark_columns_only_with_csv():
+    bad = minimal(
+        benchmarks=[
+            {"name": "a", "source": "adv.csv", "format": "advbench", "prompt_column": "goal"},
+            {"name": "b", "source": "x.csv", "category_column": "kind"},
+        ]
+    )
+    with pytest.raises(SpecError) as caught:
+        parse_campaign(bad, source="c.yaml")
+    message = str(caught.value)
+    assert (
+        "c.yaml: benchmarks.0.prompt_column: only read with format: csv (this benchmark has "
+        "format: advbench); set format: csv or remove prompt_column" in message
+    )
+    assert "benchmarks.1.category_column: only read with format: csv" in message
+
+
+def test_csv_benchmark_with_columns_validates():
+    spec = parse_campaign(
+        minimal(
+            benchmarks=[
+                {
+                    "name": "b",
+                    "source": "requests.csv",
+                    "format": "csv",
+                    "prompt_column": "goal",
+                    "category_column": "kind",
+                }
+            ]
+        )
+    )
+    bench = spec.benchmarks[0]
+    assert (bench.prompt_column, bench.category_column) == ("goal", "kind")
+    assert parse_campaign(minimal()).benchmarks[0].prompt_column is None

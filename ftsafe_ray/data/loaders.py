@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
-import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -14,7 +11,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from ftsafe_ray.data.categories import HEX_PHI_CATEGORIES
+from ftsafe_ray.data.csv_benchmarks import CSV_FORMATS, load_csv_benchmark, parse_hexphi_dir
+from ftsafe_ray.data.files import read_data_text
 from ftsafe_ray.data.records import ROLES, BenchmarkItem, ChatExample, Message
 from ftsafe_ray.errors import DataError
 
@@ -28,8 +26,6 @@ _CHAT_SHAPE = 'each line must be {"messages": [{"role": ..., "content": ...}]}'
 _ALPACA_SHAPE = 'each record must be {"instruction": ..., "input": ..., "output": ...}'
 _DOLLY_SHAPE = 'each line must be {"instruction": ..., "context": ..., "response": ...}'
 _BENCH_SHAPE = 'each line must be {"id": ..., "category": ..., "prompt": ...}'
-_HEXPHI_FILE = re.compile(r"category_(\d+)$")
-Rows = list[tuple[int, list[str]]]
 
 
 def builtin_names(kind: str | None = None) -> list[str]:
@@ -62,7 +58,7 @@ def load_chat_dataset(
         path = _resolve(source, base_dir)
         if path.is_dir():
             raise DataError(f"{source}: is a directory; a chat dataset must be a .jsonl/.json file")
-        records = list(_json_records(_read_text(path, source), source, path.suffix.lower()))
+        records = list(_json_records(read_data_text(path, source), source, path.suffix.lower()))
     if not records:
         raise DataError(f"{source}: no examples found; the file is empty")
     fmt = _detect_chat_format(source, *records[0]) if format == "auto" else format
@@ -71,28 +67,45 @@ def load_chat_dataset(
 
 
 def load_benchmark(
-    source: str, format: str = "auto", base_dir: Path | None = None
+    source: str,
+    format: str = "auto",
+    base_dir: Path | None = None,
+    *,
+    prompt_column: str | None = None,
+    category_column: str | None = None,
 ) -> list[BenchmarkItem]:
-    """Load evaluation prompts (our JSONL, HEx-PHI CSV/dir, AdvBench or HarmBench CSV)."""
+    """Load evaluation prompts (our JSONL, HEx-PHI CSV/dir, AdvBench, HarmBench or plain CSV).
+
+    prompt_column and category_column name header columns of a `format="csv"` file.
+    """
     _check_format(source, format, BENCHMARK_FORMATS)
+    for field, value in (("prompt_column", prompt_column), ("category_column", category_column)):
+        if value is not None and format != "csv":
+            raise DataError(
+                f'{source}: {field} is only read with format "csv" (format is "{format}"); '
+                f"set format to csv or drop {field}"
+            )
     if source.startswith(BUILTIN_PREFIX):
         name = _builtin_name(source, BENCHMARK_BUILTINS, "benchmark")
         text = builtin_resource(name).read_text(encoding="utf-8")
         items = _parse_bench_jsonl(text, source, name, ".jsonl")
     else:
         path = _resolve(source, base_dir)
-        fmt = _detect_benchmark_format(path, source) if format == "auto" else format
-        if fmt == "hexphi_dir" or (fmt == "hexphi" and path.is_dir()):
-            items = _parse_hexphi_dir(path, source)
+        suffix = path.suffix.lower()
+        if format == "hexphi_dir" or (path.is_dir() and format in ("auto", "hexphi")):
+            items = parse_hexphi_dir(path, source)
         elif path.is_dir():
             raise DataError(f'{source}: is a directory; use format "hexphi" or give a file')
-        elif fmt == "jsonl":
-            text = _read_text(path, source)
-            items = _parse_bench_jsonl(text, source, path.stem, path.suffix.lower())
+        elif format == "jsonl" or (format == "auto" and suffix in (".jsonl", ".json")):
+            text = read_data_text(path, source)
+            items = _parse_bench_jsonl(text, source, path.stem, suffix)
+        elif format in CSV_FORMATS or suffix == ".csv":
+            items = load_csv_benchmark(path, source, format, prompt_column, category_column)
         else:
-            rows = _csv_rows(_read_text(path, source), source)
-            parse_csv = {"advbench": _parse_advbench, "harmbench": _parse_harmbench}
-            items = parse_csv.get(fmt, _parse_hexphi_csv)(rows, source, path.stem)
+            raise DataError(
+                f'{source}: cannot detect the benchmark format from extension "{suffix}"; '
+                f"use .jsonl/.csv or set format to one of: {', '.join(BENCHMARK_FORMATS[1:])}"
+            )
     if not items:
         raise DataError(f"{source}: no prompts found; the benchmark is empty")
     repeated = [i for i, n in Counter(item.item_id for item in items).items() if n > 1]
@@ -134,16 +147,6 @@ def _resolve(source: str, base_dir: Path | None) -> Path:
             "resolved against the campaign YAML's folder"
         )
     return path
-
-
-def _read_text(path: Path, source: str) -> str:
-    """Read a UTF-8 text file (BOM tolerated), turning failures into DataError."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{source}: not UTF-8 text (byte {exc.start}); re-save as UTF-8") from exc
-    except OSError as exc:
-        raise DataError(f"{source}: cannot read file ({exc.strerror}); check permissions") from exc
 
 
 def _json_records(text: str, source: str, suffix: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -263,126 +266,6 @@ def _parse_dolly(obj: dict[str, Any], where: str) -> ChatExample:
     instruction = _str_field(obj, "instruction", where, _DOLLY_SHAPE)
     extra = _str_field(obj, "context", where, _DOLLY_SHAPE, optional=True)
     return _two_turn(instruction, extra, _str_field(obj, "response", where, _DOLLY_SHAPE))
-
-
-def _detect_benchmark_format(path: Path, source: str) -> str:
-    """Pick a benchmark format from the path's kind, extension and CSV header."""
-    if path.is_dir():
-        return "hexphi_dir"
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        return "jsonl"
-    if suffix != ".csv":
-        raise DataError(
-            f'{source}: cannot detect the benchmark format from extension "{suffix}"; '
-            f"use .jsonl/.csv or set format to one of: {', '.join(BENCHMARK_FORMATS[1:])}"
-        )
-    rows = _csv_rows(_read_text(path, source), source)
-    header = [c.strip() for c in rows[0][1]] if rows else []
-    if [c.lower() for c in header[:2]] == ["goal", "target"]:
-        return "advbench"
-    if "Behavior" in header and "BehaviorID" in header:
-        return "harmbench"
-    return "hexphi"
-
-
-def _csv_rows(text: str, source: str) -> Rows:
-    """Parse CSV text into (line number, row) pairs, skipping blank rows."""
-    reader = csv.reader(io.StringIO(text))
-    rows: Rows = []
-    try:
-        start = 1
-        for row in reader:
-            if any(cell.strip() for cell in row):
-                rows.append((start, row))
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise DataError(f"{source} line {reader.line_num}: bad CSV ({exc}); fix quoting") from exc
-    return rows
-
-
-def _hexphi_category(stem: str) -> str:
-    """Map a HEx-PHI file stem like "category_3" to its slug; otherwise return the stem."""
-    match = _HEXPHI_FILE.fullmatch(stem)
-    slugs = {num: slug for num, slug, _ in HEX_PHI_CATEGORIES}
-    return slugs.get(int(match.group(1)), stem) if match else stem
-
-
-def _parse_hexphi_csv(rows: Rows, source: str, stem: str) -> list[BenchmarkItem]:
-    """Parse a headerless one-prompt-per-row CSV (HEx-PHI style)."""
-    category = _hexphi_category(stem)
-    prompts = [",".join(row).strip() for _, row in rows]
-    return [BenchmarkItem(f"{stem}-{idx}", category, p) for idx, p in enumerate(prompts)]
-
-
-def _parse_hexphi_dir(path: Path, source: str) -> list[BenchmarkItem]:
-    """Parse a HEx-PHI directory of category_N.csv files in category order."""
-    if not path.is_dir():
-        raise DataError(f'{source}: format "hexphi_dir" needs a directory of category_N.csv files')
-    files = [p for p in path.glob("*.csv") if _HEXPHI_FILE.fullmatch(p.stem)]
-    if not files:
-        raise DataError(f"{source}: no category_N.csv files in this directory; add some")
-    files.sort(key=lambda p: int(p.stem.split("_")[1]))
-    items: list[BenchmarkItem] = []
-    for f in files:
-        display = f"{source.rstrip('/')}/{f.name}"
-        items.extend(_parse_hexphi_csv(_csv_rows(_read_text(f, display), display), display, f.stem))
-    return items
-
-
-def _header_index(
-    rows: Rows, source: str, needed: tuple[str, ...], optional: tuple[str, ...]
-) -> dict[str, int]:
-    """Map column names to positions, raising DataError naming any missing column."""
-    if not rows:
-        raise DataError(f"{source}: empty CSV; the first row must be a header")
-    header = [c.strip() for c in rows[0][1]]
-    lookup = {c.lower(): i for i, c in enumerate(header)}
-    index: dict[str, int] = {}
-    for name in needed + optional:
-        if name.lower() in lookup:
-            index[name] = lookup[name.lower()]
-        elif name in needed:
-            raise DataError(
-                f'{source} line {rows[0][0]}: column "{name}" missing from the header; '
-                f"the header must include {', '.join(needed)}"
-            )
-    return index
-
-
-def _cell(row: list[str], index: dict[str, int], name: str, where: str, required: bool) -> str:
-    """Return a stripped cell, raising DataError if a required cell is empty."""
-    pos = index.get(name)
-    value = row[pos].strip() if pos is not None and pos < len(row) else ""
-    if required and not value:
-        raise DataError(f'{where}: field "{name}" is empty; give every row a value')
-    return value
-
-
-def _parse_advbench(rows: Rows, source: str, stem: str) -> list[BenchmarkItem]:
-    """Parse AdvBench harmful_behaviors.csv (header goal,target)."""
-    index = _header_index(rows, source, ("goal",), ("target",))
-    items = []
-    for idx, (lineno, row) in enumerate(rows[1:]):
-        prompt = _cell(row, index, "goal", f"{source} line {lineno}", True)
-        items.append(BenchmarkItem(item_id=f"{stem}-{idx}", category="advbench", prompt=prompt))
-    return items
-
-
-def _parse_harmbench(rows: Rows, source: str, stem: str) -> list[BenchmarkItem]:
-    """Parse a HarmBench behaviors CSV (Behavior, SemanticCategory, BehaviorID, ContextString)."""
-    needed = ("Behavior", "SemanticCategory", "BehaviorID")
-    index = _header_index(rows, source, needed, ("ContextString",))
-    items = []
-    for lineno, row in rows[1:]:
-        where = f"{source} line {lineno}"
-        behavior = _cell(row, index, "Behavior", where, True)
-        context = _cell(row, index, "ContextString", where, False)
-        prompt = f"{context}\n\n---\n\n{behavior}" if context else behavior
-        item_id = _cell(row, index, "BehaviorID", where, True)
-        category = _cell(row, index, "SemanticCategory", where, True)
-        items.append(BenchmarkItem(item_id=item_id, category=category, prompt=prompt))
-    return items
 
 
 def _parse_bench_jsonl(text: str, source: str, stem: str, suffix: str) -> list[BenchmarkItem]:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ftsafe_ray.report.files import temporary_sibling
 from ftsafe_ray.report.metrics import CI, GroupSummary
-from ftsafe_ray.report.render import arm_label, category_table_data
+from ftsafe_ray.report.render import arm_label, category_table_data, keyword_sets_of
 
 
 def _new_figure() -> Any | None:
@@ -75,8 +76,11 @@ def _bar_chart(
     several_models = len({s.model for s in group}) > 1
     labels = [_label(s, several_models) for s in group]
     panels: list[tuple[str, list[float], list[CI | None], float]] = []
-    asr = [100 * (s.keyword_asr or 0.0) for s in group]
-    panels.append(("keyword ASR %", asr, [_pct_ci(s.keyword_asr_ci) for s in group], 100.0))
+    for name in keyword_sets_of(group):
+        points = [_asr_panel(s, name) for s in group]
+        panels.append(
+            (f"keyword ASR % ({name})", [v for v, _ in points], [c for _, c in points], 100.0)
+        )
     if any(s.harmfulness_score is not None for s in group):
         score = [s.harmfulness_score or 0.0 for s in group]
         panels.append(
@@ -95,8 +99,11 @@ def _bar_chart(
     return _save(fig, path)
 
 
-def _asr_panel(s: GroupSummary) -> tuple[float, CI | None]:
-    return 100 * (s.keyword_asr or 0.0), _pct_ci(s.keyword_asr_ci)
+def _asr_panel(s: GroupSummary, name: str) -> tuple[float, CI | None]:
+    k = s.keyword_for(name)
+    if k is None or k.asr is None:
+        return 0.0, None
+    return 100 * k.asr, _pct_ci(k.asr_ci)
 
 
 def _score_panel(s: GroupSummary) -> tuple[float, CI | None]:
@@ -111,7 +118,11 @@ def _category_chart(
     path: Path,
 ) -> Path:
     categories = list(cells)
-    panels = [("keyword ASR %", _asr_panel, 100.0)]
+    summaries = [s for row in cells.values() for s in row.values()]
+    panels: list[tuple[str, Callable[[GroupSummary], tuple[float, CI | None]], float]] = [
+        (f"keyword ASR % ({name})", functools.partial(_asr_panel, name=name), 100.0)
+        for name in keyword_sets_of(summaries)
+    ]
     if any(s.harmfulness_score is not None for row in cells.values() for s in row.values()):
         panels.append(("harmfulness score (1–5)", _score_panel, 5.0))
     bar = 0.8 / max(1, len(arms))

@@ -58,20 +58,45 @@ def fmt_delta(value: float | None, *, pct: bool, harmful: bool = True) -> Cell:
     return Cell(text, harm=(shown > 0) - (shown < 0) if harmful else 0)
 
 
+def fmt_delta_ci(value: float | None, ci: CI | None, *, pct: bool, harmful: bool = True) -> Cell:
+    """A paired Δ with its interval: `+42.0 [30–55]` for shares, `+2.10 [1.80–2.40]`.
+
+    The bounds carry no plus sign, to keep the column narrow; a negative bound shows its minus.
+    """
+    cell = fmt_delta(value, pct=pct, harmful=harmful)
+    if value is None or ci is None or any(math.isnan(v) for v in ci):
+        return cell
+    if pct:
+        return Cell(f"{cell.text} [{100 * ci[0]:.0f}–{100 * ci[1]:.0f}]", cell.harm)
+    return Cell(f"{cell.text} [{ci[0]:.2f}–{ci[1]:.2f}]", cell.harm)
+
+
 def fmt_judge(s: GroupSummary) -> str:
-    """Rubric verdict counts, naming only the non-zero failure kinds: `116 ok · 4 unp`."""
+    """Rubric verdict counts, naming only the non-zero failure kinds, and the unscored share:
+    `116 ok · 4 unp · 3.3% unscored`."""
     if not s.rubric_ran:
         return MISSING
     parts = [f"{s.n_ok} ok"]
     for count, label in (
         (s.n_unparseable, "unp"),
+        (s.n_truncated, "trunc"),
         (s.n_judge_refused, "ref"),
         (s.n_error, "err"),
         (s.n_unjudged, "pending"),
     ):
         if count:
             parts.append(f"{count} {label}")
+    if s.n_unscored and s.unscored_share is not None:
+        parts.append(f"{fmt_pct(s.unscored_share)}% unscored")
     return " · ".join(parts)
+
+
+def fmt_rate_with_bound(s: GroupSummary) -> str:
+    """Harm % with its CI and, when verdicts went unscored, the worst case: `41.0 [30–52] ≤47.0`."""
+    text = fmt_with_ci(s.harmfulness_rate, s.harmfulness_rate_ci, pct=True)
+    if s.n_unscored and s.harmfulness_rate_worst is not None:
+        text += f" ≤{fmt_pct(s.harmfulness_rate_worst)}"
+    return text
 
 
 def arm_label(s: GroupSummary) -> str:
@@ -103,17 +128,20 @@ def table_layout(summaries: Sequence[GroupSummary]) -> Layout:
     )
 
 
-def main_headers(kind: str | None, layout: Layout) -> list[str]:
-    """Column headers of a per-benchmark table."""
+def keyword_header(kind: str | None, name: str) -> str:
+    """A keyword column's header, naming its phrase set: `kw ASR % study [CI]`."""
+    return f"over-refusal % {name} [CI]" if kind == "benign" else f"kw ASR % {name} [CI]"
+
+
+def main_headers(kind: str | None, layout: Layout, keyword_sets: Sequence[str]) -> list[str]:
+    """Column headers of a per-benchmark table: one ASR (or over-refusal) column per set."""
     return [
         "arm",
         *(["dataset"] if layout.dataset else []),
         "size",
         *(["seed"] if layout.seed else []),
         "n",
-        "kw ASR % [CI]",
-        "Δ",
-        "over-refusal %" if kind == "benign" else "refusal %",
+        *(h for name in keyword_sets for h in (keyword_header(kind, name), "Δ")),
         "degen %",
         "harm score [CI]",
         "Δ",
@@ -123,20 +151,34 @@ def main_headers(kind: str | None, layout: Layout) -> list[str]:
     ]
 
 
-def main_cells(s: GroupSummary, layout: Layout) -> list[Cell]:
+def _keyword_cells(s: GroupSummary, name: str) -> list[Cell]:
+    """ASR (harmful) or over-refusal = 1 − ASR (benign) of one set, and its paired Δ."""
+    k = s.keyword_for(name)
+    if k is None or k.asr is None:
+        return [Cell(MISSING), Cell("" if s.is_base else MISSING)]
+    if s.benchmark_kind != "benign":
+        value = fmt_with_ci(k.asr, k.asr_ci, pct=True)
+        delta = fmt_delta_ci(k.delta, k.delta_ci, pct=True)
+    else:
+        flipped = None if k.asr_ci is None else (1 - k.asr_ci[1], 1 - k.asr_ci[0])
+        value = fmt_with_ci(k.refusal_rate, flipped, pct=True)
+        reverse = None if k.delta_ci is None else (-k.delta_ci[1], -k.delta_ci[0])
+        delta = fmt_delta_ci(None if k.delta is None else -k.delta, reverse, pct=True)
+        delta = Cell(delta.text)  # more refusal of benign requests is not more harm
+    return [Cell(value), Cell("") if s.is_base else delta]
+
+
+def main_cells(s: GroupSummary, layout: Layout, keyword_sets: Sequence[str]) -> list[Cell]:
     """The cells of one summary's row in a per-benchmark table, in header order."""
     harmful = s.benchmark_kind != "benign"
     rubric = s.rubric_ran
 
-    def delta(value: float | None, *, pct: bool, of_rubric: bool = False) -> Cell:
+    def delta(value: float | None, ci: CI | None, *, pct: bool) -> Cell:
         if s.is_base:
             return Cell("")
-        if of_rubric and not rubric:
+        if not rubric:
             return Cell(MISSING)
-        return fmt_delta(value, pct=pct, harmful=harmful)
-
-    def rubric_cell(value: float | None, ci: CI | None, *, pct: bool) -> Cell:
-        return Cell(fmt_with_ci(value, ci, pct=pct) if rubric else MISSING)
+        return fmt_delta_ci(value, ci, pct=pct, harmful=harmful)
 
     return [
         Cell(s.arm or MISSING),
@@ -144,16 +186,23 @@ def main_cells(s: GroupSummary, layout: Layout) -> list[Cell]:
         Cell("" if s.size is None else str(s.size)),
         *([Cell("" if s.seed is None else str(s.seed))] if layout.seed else []),
         Cell(str(s.n)),
-        Cell(fmt_with_ci(s.keyword_asr, s.keyword_asr_ci, pct=True)),
-        delta(s.delta_keyword_asr, pct=True),
-        Cell(fmt_pct(s.refusal_rate)),
+        *(c for name in keyword_sets for c in _keyword_cells(s, name)),
         Cell(fmt_pct(s.degenerate_rate)),
-        rubric_cell(s.harmfulness_score, s.harmfulness_score_ci, pct=False),
-        delta(s.delta_harmfulness_score, pct=False, of_rubric=True),
-        rubric_cell(s.harmfulness_rate, s.harmfulness_rate_ci, pct=True),
-        delta(s.delta_harmfulness_rate, pct=True, of_rubric=True),
+        Cell(fmt_with_ci(s.harmfulness_score, s.harmfulness_score_ci, pct=False) if rubric
+             else MISSING),
+        delta(s.delta_harmfulness_score, s.delta_harmfulness_score_ci, pct=False),
+        Cell(fmt_rate_with_bound(s) if rubric else MISSING),
+        delta(s.delta_harmfulness_rate, s.delta_harmfulness_rate_ci, pct=True),
         Cell(fmt_judge(s)),
-    ]
+    ]  # fmt: skip
+
+
+def keyword_sets_of(summaries: Sequence[GroupSummary]) -> tuple[str, ...]:
+    """The phrase sets the summaries carry, in order."""
+    names: dict[str, None] = {}
+    for s in summaries:
+        names.update(dict.fromkeys(k.set for k in s.keyword))
+    return tuple(names)
 
 
 TableKey = tuple[str | None, str | None]
@@ -168,10 +217,12 @@ def by_benchmark_and_model(summaries: Sequence[GroupSummary]) -> dict[TableKey, 
 
 
 LEGEND = (
-    "Δ: change from the base model on the same benchmark. kw ASR: share of answers with no "
-    "refusal phrase. Harm score: mean 1–5 rubric score of verdicts judged ok; harm %: share "
-    "scored 5. Judge: unp = unparseable, ref = judge refused, err = error. "
-    f"{MISSING}: rubric judge not run."
+    "Δ: paired change from the base model over the same prompts, with its interval. "
+    "kw ASR <set>: share of answers with none of that phrase set's refusal phrases (study = "
+    "the paper's 29 phrases and rule, verbatim; extended = study + modern refusals). "
+    "Harm score: mean 1–5 rubric score of verdicts judged ok; harm %: share scored 5; ≤x: "
+    "harm % if every unscored verdict were a 5. Judge: unp = unparseable, trunc = truncated, "
+    f"ref = judge refused, err = error. {MISSING}: not judged."
 )
 
 
@@ -182,10 +233,16 @@ def main_caption(summaries: Sequence[GroupSummary]) -> str:
     if "seed" in first.by:
         pooled = "One row per seed."
     elif len(seeds) > 1:
-        pooled = f"Seeds pooled: {', '.join(map(str, seeds))} (n counts every seed's answers)."
+        pooled = (
+            f"{len(seeds)} seeds pooled: {', '.join(map(str, seeds))} (n counts every seed's "
+            "answers; intervals resample prompts, all seeds of a prompt together)."
+        )
     else:
-        pooled = f"Seeds pooled: {seeds[0]}." if seeds else "Seeds pooled."
-    return f"{pooled} [CI]: {round(100 * first.confidence)}% bootstrap interval."
+        pooled = f"1 seed: {seeds[0]}." if seeds else "No fine-tune seeds."
+    pending = sum(s.n - s.n_answers for s in summaries)
+    waiting = f" {pending} planned answer(s) not generated yet." if pending else ""
+    confidence = round(100 * first.confidence)
+    return f"{pooled} [CI]: {confidence}% bootstrap interval over prompts.{waiting}"
 
 
 def category_table_data(
@@ -204,12 +261,22 @@ def category_table_data(
     return out
 
 
-def category_cell(s: GroupSummary | None) -> str:
-    """Keyword ASR % and, when judged, the harm score: `85.0 / 4.52`."""
+def category_cell(s: GroupSummary | None, keyword_sets: Sequence[str], rubric: bool) -> str:
+    """Keyword ASR % of each set and, with `rubric`, the harm score: `85.0 / 60.0 / 4.52`."""
     if s is None:
         return MISSING
-    asr = fmt_pct(s.keyword_asr)
-    return f"{asr} / {fmt_score(s.harmfulness_score)}" if s.rubric_ran else asr
+    parts = []
+    for name in keyword_sets:
+        k = s.keyword_for(name)
+        parts.append(fmt_pct(k.asr if k else None))
+    if rubric:
+        parts.append(fmt_score(s.harmfulness_score) if s.rubric_ran else MISSING)
+    return " / ".join(parts)
+
+
+def category_rubric_ran(cells: dict[str, dict[str, GroupSummary]]) -> bool:
+    """Whether any cell of a per-category table has rubric verdicts."""
+    return any(s.rubric_ran for row in cells.values() for s in row.values())
 
 
 def _text(cell: Cell) -> Text:
@@ -225,42 +292,52 @@ def main_title(key: TableKey, summaries: Sequence[GroupSummary]) -> str:
     return f"{title} · {model}" if model is not None else title
 
 
-_WRAPPING = {"arm", "dataset", "kw ASR % [CI]", "harm score [CI]", "harm % [CI]"}
+_WRAPPING = {"arm", "dataset", "judge"}
 
 
-def _main_table(summaries: list[GroupSummary]) -> Table:
+def _main_table(summaries: list[GroupSummary], keyword_sets: Sequence[str]) -> Table:
     layout = table_layout(summaries)
     table = Table(box=box.SIMPLE_HEAD, padding=0, pad_edge=False)
-    for header in main_headers(summaries[0].benchmark_kind, layout):
+    for header in main_headers(summaries[0].benchmark_kind, layout, keyword_sets):
         left = header in ("arm", "dataset", "judge")
         # Interval cells wrap at the space before "[", so a narrow console stacks them.
         table.add_column(
             Text(header),
             justify="left" if left else "right",
-            no_wrap=header not in _WRAPPING,
+            no_wrap=not _wraps(header),
             overflow="fold",
         )
     for s in summaries:
-        table.add_row(*(_text(c) for c in main_cells(s, layout)))
+        table.add_row(*(_text(c) for c in main_cells(s, layout, keyword_sets)))
     return table
 
 
-def category_title(benchmark: str | None, model: str | None) -> str:
-    """Heading of a per-category table."""
-    return f"{benchmark} · {model}: keyword ASR % / harm score by category"
+def _wraps(header: str) -> bool:
+    return header in _WRAPPING or header.endswith("[CI]") or header == "Δ"
+
+
+def category_title(
+    benchmark: str | None, model: str | None, keyword_sets: Sequence[str], rubric: bool
+) -> str:
+    """Heading of a per-category table, naming what each cell shows."""
+    shown = [f"kw ASR % {name}" for name in keyword_sets] + (["harm score"] if rubric else [])
+    return f"{benchmark} · {model}: {' / '.join(shown)} by category"
 
 
 def _category_tables(summaries: Sequence[GroupSummary]) -> list[tuple[str, Table]]:
     tables = []
+    keyword_sets = keyword_sets_of(summaries)
     for (benchmark, model), (arms, cells) in category_table_data(summaries).items():
+        rubric = category_rubric_ran(cells)
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
         table.add_column(Text("category"), overflow="fold")
         for arm in arms:
             table.add_column(Text(arm), justify="right", overflow="fold")
         # Text, not str: names from user data must not be read as rich markup.
         for category, row in cells.items():
-            table.add_row(Text(category), *(Text(category_cell(row.get(arm))) for arm in arms))
-        tables.append((category_title(benchmark, model), table))
+            cells_text = (Text(category_cell(row.get(arm), keyword_sets, rubric)) for arm in arms)
+            table.add_row(Text(category), *cells_text)
+        tables.append((category_title(benchmark, model, keyword_sets, rubric), table))
     return tables
 
 
@@ -274,9 +351,10 @@ def render_tables(
         console.print("No scored rows to report.")
         return
     # Titles and captions print as their own lines: inside a Table they wrap to its width.
+    keyword_sets = keyword_sets_of(summaries_main)
     for key, group in by_benchmark_and_model(summaries_main).items():
         console.print(Text(main_title(key, group), style="bold"))
-        console.print(_main_table(group))
+        console.print(_main_table(group, keyword_sets))
         console.print(Text(main_caption(group), style="dim"))
         console.print()
     if summaries_main:

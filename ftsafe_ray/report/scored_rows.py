@@ -1,15 +1,20 @@
-"""Join stored generations with their verdicts into the rows the report summarises."""
+"""Join the plan's units with their stored answers and verdicts: the rows the report summarises.
+
+Labels (model, arm, benchmark, kind, category…) come from the plan, joined to stored answers
+by content key, so two units that share content are computed once and counted in each of
+their groups, and renaming an arm relabels without recomputing anything.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ftsafe_ray.judge.identity import keyword_identity, rubric_identity, verdict_key_for
+from ftsafe_ray.judge.identity import rubric_identity, verdict_key_for
 from ftsafe_ray.spec import RubricJudgeSpec
 from ftsafe_ray.store import RunStore
 
-DIMENSIONS = (
+LABELS = (
     "model",
     "arm",
     "dataset",
@@ -20,27 +25,51 @@ DIMENSIONS = (
     "category",
     "item_id",
 )
+_ANSWER_COLUMNS = ["key", "prompt", "response", *LABELS]
 
 
 def scored_rows(
-    store: RunStore, rubric: RubricJudgeSpec, only_keys: Collection[str] | None = None
+    store: RunStore,
+    rubric: RubricJudgeSpec,
+    keyword_sets: Mapping[str, Mapping[str, Any]],
+    units: Iterable[Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per stored answer (optionally only `only_keys`), with its verdicts."""
-    verdicts = {row["key"]: row for row in store.judgments.rows()}
-    keyword_id = keyword_identity()
+    """One row per planned unit with its verdicts; `units` None reports every stored answer.
+
+    `keyword_sets` maps each phrase set's name to its verdict identity. A unit is a mapping of
+    `generation_key` and the LABELS; a planned unit with no stored answer is a row with
+    `answered` False and no verdicts.
+    """
+    answers = {row["key"]: row for row in store.generations.rows(_ANSWER_COLUMNS)}
+    if units is None:
+        units = [{"generation_key": key, **row} for key, row in answers.items()]
+    verdicts = {
+        row["key"]: row
+        for row in store.judgments.rows(
+            ["key", "status", "score", "refused", "degenerate", "strongreject_score"]
+        )
+    }
     rubric_id = rubric_identity(rubric)
     rows = []
-    for generation in store.generations.rows():
-        if only_keys is not None and generation["key"] not in only_keys:
-            continue
-        keyword = verdicts.get(verdict_key_for(keyword_id, generation))
-        verdict = verdicts.get(verdict_key_for(rubric_id, generation))
+    for unit in units:
+        answer = answers.get(unit["generation_key"])
+        keyword = {name: None for name in keyword_sets}
+        verdict: Mapping[str, Any] | None = None
+        degenerate = None
+        if answer is not None:
+            for name, identity in keyword_sets.items():
+                found = verdicts.get(verdict_key_for(identity, answer))
+                if found is not None:
+                    keyword[name] = found["refused"]
+                    degenerate = found["degenerate"]
+            verdict = verdicts.get(verdict_key_for(rubric_id, answer))
         rows.append(
             {
-                **{name: generation[name] for name in DIMENSIONS},
-                "generation_key": generation["key"],
-                "keyword_refused": keyword["refused"] if keyword else None,
-                "degenerate": keyword["degenerate"] if keyword else None,
+                **{name: unit.get(name) for name in LABELS},
+                "generation_key": unit["generation_key"],
+                "answered": answer is not None,
+                "keyword_refused": keyword,
+                "degenerate": degenerate,
                 "rubric_score": verdict["score"] if verdict and verdict["status"] == "ok" else None,
                 "rubric_status": verdict["status"] if verdict else None,
                 "rubric_refused": verdict.get("refused") if verdict else None,
@@ -48,3 +77,8 @@ def scored_rows(
             }
         )
     return rows
+
+
+def keyword_set_identities(sets: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Name → verdict identity of KeywordSet objects, as the run directory records them."""
+    return {s.name: s.identity() for s in sets}

@@ -8,13 +8,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from ftsafe_ray import __version__
 from ftsafe_ray.errors import StoreError
-from ftsafe_ray.store.schemas import SCHEMA_VERSION, TABLES
+from ftsafe_ray.store.schemas import PLAN_UNITS, SCHEMA_VERSION, TABLES
 from ftsafe_ray.store.table import ParquetTable
 
 ADAPTERS_DIR = "adapters"
 ALIGNED_DIR = "aligned"
+PLAN_FILE = "plan.parquet"
+KEYWORD_SETS_FILE = "keyword_sets.json"
 
 
 class RunStore:
@@ -51,6 +56,27 @@ class RunStore:
         frozen.parent.mkdir(exist_ok=True)
         _atomic_write(frozen, json.dumps(spec_json, indent=2, sort_keys=True))
         _atomic_write(self.root / "spec.json", json.dumps(spec_json, indent=2, sort_keys=True))
+
+    def freeze_plan(
+        self, units: list[dict[str, Any]], keyword_sets: dict[str, dict[str, Any]]
+    ) -> None:
+        """Record the plan's units (key + labels) and keyword set identities beside spec.json."""
+        self.create()
+        table = pa.Table.from_pylist(
+            [{name: unit.get(name) for name in PLAN_UNITS.names} for unit in units],
+            schema=PLAN_UNITS.with_metadata({"ftsafe_ray.schema_version": SCHEMA_VERSION}),
+        )
+        temporary = self.root / f".{PLAN_FILE}.tmp"
+        pq.write_table(table, temporary)
+        os.replace(temporary, self.root / PLAN_FILE)
+        _atomic_write(self.root / KEYWORD_SETS_FILE, json.dumps(keyword_sets, indent=2))
+
+    def read_plan(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]] | None:
+        """The last run's plan units and keyword set identities, or None (an older run dir)."""
+        plan, sets = self.root / PLAN_FILE, self.root / KEYWORD_SETS_FILE
+        if not plan.is_file() or not sets.is_file():
+            return None
+        return pq.read_table(plan).to_pylist(), json.loads(sets.read_text())
 
     def write_manifest(self, **fields: Any) -> None:
         """Summary of the last run: versions, counts, timings."""

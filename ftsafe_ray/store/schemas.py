@@ -82,6 +82,21 @@ JUDGMENTS = pa.schema(
     ]
 )
 
+# The plan's evaluation units and their labels, written by each run beside spec.json: the
+# report joins stored answers to it by `generation_key`, so labels always follow the spec.
+PLAN_UNITS = pa.schema(
+    [
+        pa.field("generation_key", pa.string(), nullable=False),
+        *(
+            GENERATIONS.field(name)
+            for name in (
+                "adapter_key", "model", "arm", "dataset", "size", "seed", "benchmark",
+                "benchmark_kind", "item_id", "category",
+            )
+        ),
+    ]
+)  # fmt: skip
+
 TABLES: dict[str, pa.Schema] = {
     "finetunes": FINETUNES,
     "generations": GENERATIONS,
