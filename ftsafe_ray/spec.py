@@ -474,7 +474,13 @@ class CampaignSpec(_Strict):
 
 def _format_errors(source: str, error: ValidationError) -> str:
     lines = []
-    for err in error.errors():
+    errors = error.errors()
+    # pydantic drops a list's invalid items and then finds the list too short: that follow-on
+    # error says nothing the item's own error does not, so it is left out.
+    nested = {tuple(e["loc"][:i]) for e in errors for i in range(1, len(e["loc"]))}
+    for err in errors:
+        if err["type"] == "too_short" and tuple(err["loc"]) in nested:
+            continue
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
