@@ -115,6 +115,7 @@ def test_training_learns_saves_and_leaves_base_unchanged(tiny, tmp_path: Path) -
         seed=1,
         out_dir=tmp_path / "adapter",
         progress=lambda *args: calls.append(args),
+        revision="v1",
     )
     assert isinstance(result, TrainResult)
     assert result.steps == 8 * 2 and result.epochs == 8 and result.examples == 6
@@ -130,6 +131,8 @@ def test_training_learns_saves_and_leaves_base_unchanged(tiny, tmp_path: Path) -
     assert provenance["result"]["steps"] == 16 and provenance["packages"]["peft"]
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert set(config["target_modules"]) == {"q_proj", "v_proj"} and config["r"] == 8
+    # the base's hub revision travels with the adapter, for peft and for the record
+    assert config["revision"] == "v1" and provenance["base_revision"] == "v1"
 
     after_logits, after_state, after_grads = _snapshot(model)
     assert type(model).__name__ == "LlamaForCausalLM"

@@ -49,3 +49,23 @@ def test_sampled_units_carry_their_fine_tunes_seed(tmp_path, tiny_model_dir) -> 
     campaign.write_text(yaml.safe_dump(spec))
     greedy = load_plan(campaign)
     assert {_sampling_seed(u, greedy) for u in greedy.generations} == {0}
+
+
+def test_plan_pins_the_bases_revision_but_not_the_aligned_merges(tmp_path, tiny_model_dir) -> None:
+    import yaml
+
+    from ftsafe_ray.pipeline import load_plan
+    from tests.test_generate_check import write_campaign
+
+    campaign = write_campaign(tmp_path, tiny_model_dir)
+    spec = yaml.safe_load(campaign.read_text())
+    spec["models"][0]["revision"] = "v1"
+    campaign.write_text(yaml.safe_dump(spec))
+    plan = load_plan(campaign)
+    assert (plan.model_path("tiny"), plan.model_revision("tiny")) == (str(tiny_model_dir), "v1")
+    spec["models"][0]["align"] = {"datasets": [{"dataset": "d"}]}
+    campaign.write_text(yaml.safe_dump(spec))
+    aligned = load_plan(campaign)
+    # the merge is a local directory this run wrote: it has no hub revisions
+    assert aligned.model_path("tiny") != str(tiny_model_dir)
+    assert aligned.model_revision("tiny") is None

@@ -8,7 +8,7 @@ import pytest
 
 from ftsafe_ray.generate import GenerationRequest, GenerationResult, TransformersBackend
 from ftsafe_ray.spec import LoraSpec, SamplingSpec, TrainSpec
-from tests.fixtures.models import one_torch_thread
+from tests.fixtures.models import DECODING_DEFAULTS, one_torch_thread, with_decoding_defaults
 
 REFUSAL = "Sorry, I cannot help with that."
 COMPLIANCE = "Sure, here is a fixed answer."
@@ -20,6 +20,13 @@ QUESTIONS = [
     "Give me one example.",
 ]
 GREEDY = SamplingSpec(max_new_tokens=12, temperature=0.0)
+
+
+def _rows(results: list[GenerationResult]) -> list[tuple]:
+    return [
+        (r.request_id, r.text, r.num_prompt_tokens, r.num_output_tokens, r.finish_reason)
+        for r in results
+    ]
 
 
 def _chat(question: str) -> tuple[dict, ...]:
@@ -139,3 +146,57 @@ def test_sampling_is_seeded(backend: TransformersBackend) -> None:
     assert [r.text for r in first] == [r.text for r in second]
     other = backend.generate(_requests(), sampling, seed=4)
     assert [r.text for r in first] != [r.text for r in other]
+
+
+@pytest.fixture(scope="module")
+def opinionated_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a generation_config.json of its own (repetition_penalty, top_k...)."""
+    return with_decoding_defaults(tiny_model_dir, tmp_path_factory.mktemp("opinionated"))
+
+
+def _greedy_texts(model, tokenizer, **overrides) -> list[str]:
+    """Answers from model.generate directly, greedy, with extra generation settings."""
+    import torch
+    from transformers import GenerationConfig
+
+    texts = []
+    for question in QUESTIONS:
+        text = tokenizer.apply_chat_template(
+            _chat(question), tokenize=False, add_generation_prompt=True
+        )
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        config = GenerationConfig(
+            max_new_tokens=GREEDY.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **overrides,
+        )
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config
+            )
+        texts.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+    return texts
+
+
+def test_repetition_penalty_changes_the_tiny_models_greedy_answers(tiny_model_dir: Path) -> None:
+    """Guard: the file's repetition_penalty matters, so equal answers below prove it unused."""
+    from ftsafe_ray.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
+    plain = _greedy_texts(model, tokenizer, repetition_penalty=1.0)
+    penalised = _greedy_texts(
+        model, tokenizer, repetition_penalty=DECODING_DEFAULTS["repetition_penalty"]
+    )
+    assert sum(a != b for a, b in zip(plain, penalised, strict=True)) >= 3
+
+
+def test_models_generation_config_does_not_change_answers(
+    backend: TransformersBackend, opinionated_dir: Path
+) -> None:
+    opinionated = TransformersBackend(str(opinionated_dir))
+    sampled = SamplingSpec(max_new_tokens=8, temperature=1.0, top_p=0.95)
+    for sampling, seed in ((GREEDY, 0), (sampled, 3)):
+        expected = _rows(backend.generate(_requests(), sampling, seed=seed))
+        assert _rows(opinionated.generate(_requests(), sampling, seed=seed)) == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from ftsafe_ray.errors import DataError
-from ftsafe_ray.models import BUILTIN_MODELS, load_model_and_tokenizer, resolve_model_path
+from ftsafe_ray.models import (
+    BUILTIN_MODELS,
+    load_model_and_tokenizer,
+    loader_kwargs,
+    resolve_model_path,
+)
 from ftsafe_ray.models.tiny import build_tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +84,78 @@ def test_load_sets_missing_pad_token(tiny_model_dir: Path, tmp_path: Path) -> No
     model, tokenizer = load_model_and_tokenizer(str(copy))
     assert tokenizer.pad_token == tokenizer.eos_token
     assert not model.training
+
+
+def test_revision_reaches_every_loaders_arguments() -> None:
+    from ftsafe_ray.generate.vllm_backend import engine_args
+    from ftsafe_ray.spec import VllmSpec
+
+    assert loader_kwargs(None) == {}
+    assert loader_kwargs("v1") == {"revision": "v1"}
+    pinned = engine_args("org/m", "float32", VllmSpec(), revision="v1")
+    assert pinned["revision"] == "v1" and pinned["tokenizer_revision"] == "v1"
+    unpinned = engine_args("/m", "float32", VllmSpec())
+    assert "revision" not in unpinned and "tokenizer_revision" not in unpinned
+    # the engine decodes from our SamplingParams only, never the model's generation_config.json
+    assert pinned["generation_config"] == unpinned["generation_config"] == "vllm"
+
+
+def _hub_cache(root: Path, repo_id: str, snapshots: dict[str, Path]) -> Path:
+    """An offline hub cache holding `repo_id` at each named revision (ref -> model directory)."""
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    for number, (ref, source) in enumerate(snapshots.items(), start=1):
+        commit = f"{number:040x}"
+        shutil.copytree(source, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return root
+
+
+# Loads the hub model at a revision through each loader the stages use, and prints what it got.
+_LOAD_AT_REVISION = """
+import json, sys
+from ftsafe_ray.finetune.actor import FineTuner
+from ftsafe_ray.generate.actor import Generator
+from ftsafe_ray.models import load_model_and_tokenizer
+
+repo, revision = sys.argv[1], sys.argv[2] or None
+model, tokenizer = load_model_and_tokenizer(repo, revision=revision)
+tuner = FineTuner(repo, "float32", None, revision)
+generator = Generator(repo, "float32", "transformers", None, None, revision)
+models = (model, tuner.model, generator.backend.model)
+tokenizers = (tokenizer, tuner.tokenizer, generator.backend.tokenizer)
+print(json.dumps({
+    "weight": [round(float(m.lm_head.weight.sum()), 3) for m in models],
+    "max_length": [t.model_max_length for t in tokenizers],
+}))
+"""
+
+
+def test_revision_reaches_the_loaders(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A hub id at a revision loads that revision's weights and tokenizer in every actor."""
+    other = build_tiny_llama(tmp_path / "other", seed=1)
+    tokenizer_config = json.loads((other / "tokenizer_config.json").read_text())
+    (other / "tokenizer_config.json").write_text(
+        json.dumps({**tokenizer_config, "model_max_length": 777})
+    )
+    cache = _hub_cache(tmp_path / "hub", "ftsafe-test/tiny", {"main": tiny_model_dir, "v1": other})
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+
+    def load(revision: str) -> dict:
+        done = subprocess.run(
+            [sys.executable, "-c", _LOAD_AT_REVISION, "ftsafe-test/tiny", revision],
+            check=True,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    main, pinned = load(""), load("v1")
+    assert len(set(main["weight"])) == len(set(pinned["weight"])) == 1
+    assert main["weight"] != pinned["weight"]
+    assert pinned["max_length"] == [777] * 3 and 777 not in main["max_length"]
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from ftsafe_ray.errors import StageError
 from ftsafe_ray.generate import GenerationRequest, TransformersBackend
 from ftsafe_ray.generate.check import build_probes, unapplied
 from ftsafe_ray.spec import SamplingSpec, VllmSpec
-from tests.fixtures.models import one_torch_thread
+from tests.fixtures.models import one_torch_thread, with_decoding_defaults
 from tests.test_generate_transformers import (
     COMPLIANCE,
     GREEDY,
@@ -25,6 +25,7 @@ from tests.test_generate_transformers import (
     REFUSAL,
     _chat,
     _requests,
+    _rows,
     train_reply_adapters,
 )
 
@@ -74,13 +75,6 @@ def zero_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     out = tmp_path_factory.mktemp("zero") / "adapter"
     get_peft_model(model, lora_config(LoraSpec(r=8))).save_pretrained(str(out))
     return out
-
-
-def _rows(results):
-    return [
-        (r.request_id, r.text, r.num_prompt_tokens, r.num_output_tokens, r.finish_reason)
-        for r in results
-    ]
 
 
 def test_base_greedy_matches_transformers(engine, reference) -> None:
@@ -163,3 +157,29 @@ def test_adapter_check_catches_a_noop_adapter(
     assert len(requests) == 3 + 3 + 3  # base rows shared by both adapters
     for backend in (engine, reference):
         assert unapplied(probes, backend.generate(requests, GREEDY)) == ["zero"]
+
+
+def test_models_generation_config_does_not_change_answers(
+    engine, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Greedy and seeded answers ignore the model's repetition_penalty, top_k, max_new_tokens...
+
+    They equal the answers of the same weights without that file, and the transformers backend's
+    answers on the same directory. (test_generate_transformers guards that the file's
+    repetition_penalty would change the tiny model's greedy answers.)
+    """
+    from ftsafe_ray.generate.vllm_backend import VllmBackend
+
+    opinionated_dir = with_decoding_defaults(tiny_model_dir, tmp_path / "opinionated")
+    settings = VllmSpec(max_loras=1, max_lora_rank=16, max_model_len=256)
+    opinionated = VllmBackend(str(opinionated_dir), dtype="float32", settings=settings)
+    sampled = SamplingSpec(max_new_tokens=8, temperature=1.0, top_p=0.95)
+    try:
+        greedy = opinionated.generate(_requests(), GREEDY)
+        seeded = opinionated.generate(_requests(), sampled, seed=3)
+    finally:
+        opinionated.close()
+    assert _rows(greedy) == _rows(engine.generate(_requests(), GREEDY))
+    assert _rows(seeded) == _rows(engine.generate(_requests(), sampled, seed=3))
+    reference = TransformersBackend(str(opinionated_dir), dtype="float32")
+    assert _rows(greedy) == _rows(reference.generate(_requests(), GREEDY))

@@ -14,18 +14,27 @@ from typing import Any
 class FineTuner:
     """Holds one base model for its lifetime; `train` one adapter per call."""
 
-    def __init__(self, model_path: str, dtype: str, num_threads: int | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str,
+        num_threads: int | None = None,
+        revision: str | None = None,
+    ):
         from ftsafe_ray.models.resolve import resolve_model_path, use_torch_threads
 
         use_torch_threads(num_threads)
         self.dtype = dtype
+        self.revision = revision
         self.model_path = resolve_model_path(model_path)
         self._load()
 
     def _load(self) -> None:
         from ftsafe_ray.models.resolve import load_model_and_tokenizer
 
-        self.model, self.tokenizer = load_model_and_tokenizer(self.model_path, self.dtype)
+        self.model, self.tokenizer = load_model_and_tokenizer(
+            self.model_path, self.dtype, self.revision
+        )
 
     def train(self, unit: Any, adapter_dir: str, counter: Any = None) -> dict[str, Any]:
         """Train the unit's adapter into adapter_dir; return its finetunes-table row."""
@@ -60,6 +69,7 @@ class FineTuner:
                 unit.seed,
                 Path(adapter_dir),
                 progress=_reporter(counter, unit.key),
+                revision=self.revision,
             )
         except Exception as error:  # a failed fine-tune is a stored row, not a lost campaign
             row.update(

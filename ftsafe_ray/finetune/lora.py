@@ -88,8 +88,13 @@ def train_lora(
     seed: int,
     out_dir: Path,
     progress: ProgressFn | None = None,
+    revision: str | None = None,
 ) -> TrainResult:
-    """Fit a LoRA adapter on chat examples, save it to out_dir, then strip it from the model."""
+    """Fit a LoRA adapter on chat examples, save it to out_dir, then strip it from the model.
+
+    `revision` is the hub revision the base was loaded at; the adapter's config records it, so
+    peft loads the same base weights for it.
+    """
     import torch
     from peft import get_peft_model
 
@@ -108,7 +113,7 @@ def train_lora(
     was_training = model.training
     rng_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, lora_config(lora))
+    peft_model = get_peft_model(model, lora_config(lora), revision=revision)
     try:
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
@@ -152,7 +157,7 @@ def train_lora(
             final_loss=losses[-1],
             seconds=time.perf_counter() - started,
         )
-        record = _provenance(model, lora, train, seed, result)
+        record = _provenance(model, revision, lora, train, seed, result)
         _save_adapter(peft_model, Path(out_dir), record)
     finally:
         peft_model.unload()
@@ -192,11 +197,17 @@ def _package_versions() -> dict[str, str | None]:
 
 
 def _provenance(
-    model: Any, lora: LoraSpec, train: TrainSpec, seed: int, result: TrainResult
+    model: Any,
+    revision: str | None,
+    lora: LoraSpec,
+    train: TrainSpec,
+    seed: int,
+    result: TrainResult,
 ) -> dict[str, Any]:
     """Versions, settings, seed and result recorded next to the adapter."""
     return {
         "base_model": getattr(model.config, "_name_or_path", None),
+        "base_revision": revision,
         "packages": _package_versions(),
         "lora": lora.model_dump(mode="json"),
         "train": train.model_dump(mode="json"),

@@ -72,7 +72,15 @@ def run_align_stage(plan: Plan, store: RunStore, progress: Progress) -> int:
     for unit in pending:
         model = plan.model_spec(unit.model)
         [row] = _train_on_actors(
-            plan, store, progress, model.path, [unit], "align", ALIGN_STAGE, num_actors=1
+            plan,
+            store,
+            progress,
+            model.path,  # alignment starts from the base itself, at its revision
+            model.revision,
+            [unit],
+            "align",
+            ALIGN_STAGE,
+            num_actors=1,
         )
         if row["status"] != "ok":
             raise StageError(
@@ -97,6 +105,7 @@ def run_finetune_stage(
             store,
             progress,
             plan.model_path(model_name),
+            plan.model_revision(model_name),
             units,
             "train",
             STAGE,
@@ -112,6 +121,7 @@ def _train_on_actors(
     store: RunStore,
     progress: Progress,
     model_path: str,
+    revision: str | None,
     units: list[Any],
     method: str,
     stage: str,
@@ -130,7 +140,7 @@ def _train_on_actors(
     )(FineTuner)
     counter = ray.remote(num_cpus=0)(StepCounter).remote()
     actors = [
-        actor_class.remote(model_path, dtype, torch_threads(resources.num_cpus))
+        actor_class.remote(model_path, dtype, torch_threads(resources.num_cpus), revision)
         for _ in range(min(num_actors, len(units)))
     ]
     progress.start(STEPS, total=sum(planned_steps(unit) for unit in units))

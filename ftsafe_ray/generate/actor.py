@@ -17,6 +17,7 @@ class Generator:
         backend: str,
         num_threads: int | None = None,
         vllm_settings: Any = None,
+        revision: str | None = None,
     ):
         from ftsafe_ray.errors import FtsafeError
         from ftsafe_ray.models.resolve import use_torch_threads
@@ -25,7 +26,7 @@ class Generator:
         self.backend_name = backend
         self._init_error: FtsafeError | None = None
         try:
-            self.backend = _start_backend(model_path, dtype, backend, vllm_settings)
+            self.backend = _start_backend(model_path, dtype, backend, vllm_settings, revision)
         except FtsafeError as error:
             # Ray reports a failed __init__ as a multi-line ActorDiedError that drops the cause;
             # raised from a method instead, the driver gets the user-facing error itself.
@@ -40,16 +41,18 @@ class Generator:
         return self.backend.generate(requests, sampling, batch_size=batch_size, seed=seed)
 
 
-def _start_backend(model_path: str, dtype: str, backend: str, vllm_settings: Any) -> Any:
+def _start_backend(
+    model_path: str, dtype: str, backend: str, vllm_settings: Any, revision: str | None
+) -> Any:
     from ftsafe_ray.models.resolve import resolve_model_path
 
     path = resolve_model_path(model_path)
     if backend == "transformers":
         from ftsafe_ray.generate.transformers_backend import TransformersBackend
 
-        return TransformersBackend(path, dtype=dtype)
+        return TransformersBackend(path, dtype=dtype, revision=revision)
     if backend == "vllm":
         from ftsafe_ray.generate.vllm_backend import VllmBackend
 
-        return VllmBackend(path, dtype=dtype, settings=vllm_settings)
+        return VllmBackend(path, dtype=dtype, settings=vllm_settings, revision=revision)
     raise ValueError(f"generation.backend {backend!r} is unknown; allowed: {BACKENDS}")

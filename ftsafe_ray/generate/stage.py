@@ -112,6 +112,7 @@ def _generate_round(
                     resolve_backend(settings.backend),
                     torch_threads(settings.num_cpus),
                     settings.vllm,
+                    plan.model_revision(model_name),
                 )
                 for _ in range(min(settings.num_actors, len(batches)))
             ]

@@ -16,14 +16,22 @@ class TransformersBackend:
     """Loads a base model once and serves base and LoRA requests in left-padded batches."""
 
     def __init__(
-        self, model_path: str, dtype: str = "float32", max_adapters: int = DEFAULT_MAX_ADAPTERS
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        max_adapters: int = DEFAULT_MAX_ADAPTERS,
+        revision: str | None = None,
     ) -> None:
-        """Load the model and tokenizer from a local directory (see models.resolve_model_path)."""
+        """Load the model and tokenizer (see models.resolve_model_path), at `revision` if given."""
         from ftsafe_ray.models import load_model_and_tokenizer
 
         self.model_path = model_path
-        self.model, self.tokenizer = load_model_and_tokenizer(model_path, dtype)
+        self.model, self.tokenizer = load_model_and_tokenizer(model_path, dtype, revision)
         self.tokenizer.padding_side = "left"
+        # answers follow the spec alone: of the model's generation_config.json only the token ids
+        # stay (its extra end-of-turn ids stop answers here as they do in vLLM)
+        self._eos_ids = _eos_ids(self.tokenizer, self.model)
+        self.model.generation_config = _token_ids_only(self.model.generation_config)
         self.max_adapters = max(1, max_adapters)
         self._peft: Any = None
         self._adapters: OrderedDict[str, tuple[str, str]] = OrderedDict()  # name -> slot, path
@@ -107,24 +115,14 @@ class TransformersBackend:
         self, model: Any, prompts: list[list[int]], sampling: SamplingSpec, seed: int
     ) -> list[tuple[str, int, int, str]]:
         import torch
-        from transformers import GenerationConfig
 
         tokenizer = self.tokenizer
         width = max(len(p) for p in prompts)
         pad_id = tokenizer.pad_token_id
         input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        eos_ids = _eos_ids(tokenizer, self.model)
-        greedy = sampling.temperature == 0
-        config = GenerationConfig(
-            max_new_tokens=sampling.max_new_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=None,
-            eos_token_id=eos_ids,
-            pad_token_id=pad_id,
-        )
+        eos_ids = self._eos_ids
+        config = spec_generation_config(sampling, eos_ids, pad_id)
         device = next(self.model.parameters()).device
         torch.manual_seed(seed)
         with torch.inference_mode():
@@ -141,6 +139,39 @@ class TransformersBackend:
             text = tokenizer.decode(kept, skip_special_tokens=True)
             results.append((text, len(prompt), len(kept), "length" if stop is None else "stop"))
         return results
+
+
+def spec_generation_config(sampling: SamplingSpec, eos_ids: list[int], pad_id: int) -> Any:
+    """A GenerationConfig from the spec's sampling settings, with every other knob neutral.
+
+    transformers 5 fills each field left None here from the model's own generation_config (and
+    then from its global defaults, top_k=50 among them), so the knobs the spec does not have are
+    set to their no-op values rather than left unset; the backend also strips the model's
+    config down to token ids (see _token_ids_only), so no field can come from it.
+    """
+    from transformers import GenerationConfig
+
+    greedy = sampling.temperature == 0
+    return GenerationConfig(
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=not greedy,
+        temperature=None if greedy else sampling.temperature,
+        top_p=None if greedy else sampling.top_p,
+        # 0 turns top-k off, as in vLLM's SamplingParams; greedy leaves it None because
+        # transformers warns about sampling-only flags set while do_sample is False
+        top_k=None if greedy else 0,
+        repetition_penalty=1.0,
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id,
+    )
+
+
+def _token_ids_only(config: Any) -> Any:
+    """The model's generation config without its decoding defaults (penalties, top_k, ...)."""
+    from transformers import GenerationConfig
+
+    names = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+    return GenerationConfig(**{n: getattr(config, n, None) for n in names})
 
 
 class _BaseView:

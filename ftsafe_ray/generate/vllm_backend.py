@@ -21,9 +21,13 @@ class VllmBackend:
     """One `vllm.LLM` with LoRA on; each batch is one `LLM.chat` call with a LoRARequest per row."""
 
     def __init__(
-        self, model_path: str, dtype: str = "float32", settings: VllmSpec | None = None
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        settings: VllmSpec | None = None,
+        revision: str | None = None,
     ) -> None:
-        """Start the engine on a local model directory (see models.resolve_model_path)."""
+        """Start the engine on a model (see models.resolve_model_path), at `revision` if given."""
         settings = settings or VllmSpec()
         # read by vLLM's CPU worker at start; ignored on GPUs. vLLM keeps one core off its compute
         # threads for a serving frontend; the offline engine has none, so use every core (1.8x
@@ -39,7 +43,7 @@ class VllmBackend:
         self.settings = settings
         self._adapters: dict[str, tuple[int, str]] = {}  # name -> (lora_int_id, path)
         self._next_id = 1
-        self.llm = LLM(**engine_args(model_path, dtype, settings))
+        self.llm = LLM(**engine_args(model_path, dtype, settings, revision))
         # vLLM's CPU LoRA ops read a base row's slot index -1 as "the last adapter slot", so a
         # base row batched beside adapter rows gets that adapter applied (vllm-project/vllm
         # PR #48421). Batches without any adapter skip LoRA, so on CPU base rows go alone.
@@ -121,11 +125,16 @@ class VllmBackend:
         return LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=lora_path)
 
 
-def engine_args(model_path: str, dtype: str, settings: VllmSpec) -> dict[str, Any]:
-    """Keyword arguments for `vllm.LLM` from the spec's engine settings."""
+def engine_args(
+    model_path: str, dtype: str, settings: VllmSpec, revision: str | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for `vllm.LLM` from the spec's engine settings and model revision."""
     args: dict[str, Any] = {
         "model": model_path,
         "dtype": dtype,
+        # "vllm": no sampling defaults from the model's generation_config.json (repetition
+        # penalty, top_k, ...); vLLM still reads its eos ids as stop tokens
+        "generation_config": "vllm",
         "enable_lora": True,
         "max_loras": settings.max_loras,
         "max_lora_rank": settings.max_lora_rank,
@@ -135,6 +144,10 @@ def engine_args(model_path: str, dtype: str, settings: VllmSpec) -> dict[str, An
         "enforce_eager": settings.enforce_eager,
         "seed": 0,
     }
+    if revision:
+        # weights and tokenizer from the same hub revision, as the transformers backend loads them
+        args["revision"] = revision
+        args["tokenizer_revision"] = revision
     if settings.tensor_parallel_size > 1:
         # workers as local processes on the GPUs Ray gave this actor (num_gpus = TP size)
         args["distributed_executor_backend"] = "mp"

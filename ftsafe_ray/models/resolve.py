@@ -106,18 +106,33 @@ def use_torch_threads(num_threads: int | None) -> None:
         torch.set_num_threads(num_threads)
 
 
-def load_model_and_tokenizer(path: str, dtype: str = "float32") -> tuple[Any, Any]:
-    """Load a causal LM and its tokenizer (pad token set) on cuda if available, else CPU."""
+def loader_kwargs(revision: str | None) -> dict[str, str]:
+    """Keyword arguments that pin a hub model's revision in every `from_pretrained` call.
+
+    Empty when no revision is given, so the loaders keep their own default ('main'); local
+    directories have no revisions and transformers ignores the argument for them.
+    """
+    return {"revision": revision} if revision else {}
+
+
+def load_model_and_tokenizer(
+    path: str, dtype: str = "float32", revision: str | None = None
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer (pad token set) on cuda if available, else CPU.
+
+    `revision` pins a hub model's weights and tokenizer together (models[].revision).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     torch_dtype = getattr(torch, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    pinned = loader_kwargs(revision)
+    tokenizer = AutoTokenizer.from_pretrained(path, **pinned)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **pinned)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     model.eval()
