@@ -103,8 +103,8 @@ def run_campaign(
     """Run every missing stage of a campaign, then print and write its report."""
     from ftsafe_ray.finetune.stage import run_align_stage, run_finetune_stage
     from ftsafe_ray.generate.stage import run_generate_stage
+    from ftsafe_ray.judge.identity import keyword_set_identities
     from ftsafe_ray.judge.stage import rubric_access, run_judge_stage
-    from ftsafe_ray.report.scored_rows import keyword_set_identities
 
     started = time.monotonic()
     plan = load_plan(campaign_path)

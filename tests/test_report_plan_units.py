@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from ftsafe_ray.cli import main
+from ftsafe_ray.judge.identity import keyword_set_identities
 from ftsafe_ray.judge.stage import run_judge_stage
 from ftsafe_ray.plan import Plan, build_plan
 from ftsafe_ray.progress import PlainProgress
-from ftsafe_ray.report.scored_rows import keyword_set_identities
 from ftsafe_ray.spec import parse_campaign
 from ftsafe_ray.store import RunStore
 from tests.fixtures.campaign_files import write_benchmark, write_chats

@@ -207,3 +207,13 @@ def test_render_names_each_phrase_set_and_the_unscored_bound(tmp_path: Path) -> 
     assert float(tuned["harmfulness_rate_worst"]) == pytest.approx(0.6)
     assert float(tuned["unscored_share"]) == pytest.approx(0.2)
     assert tuned["n_seeds"] == "1"
+
+
+def test_deltas_never_print_negative_zero() -> None:
+    from ftsafe_ray.report.render import fmt_delta, fmt_delta_ci
+
+    assert fmt_delta(-0.0, pct=True).text == "+0.0"
+    assert fmt_delta(-0.00001, pct=False).text == "+0.00"
+    assert fmt_delta(-0.0, pct=True).harm == 0
+    assert fmt_delta_ci(-0.0, (-0.001, 0.0), pct=True).text == "+0.0 [0–0]"
+    assert fmt_delta_ci(-0.25, (-0.5, -0.1), pct=True).text == "-25.0 [-50–-10]"

@@ -5,7 +5,7 @@ A module of its own so the report can find a run's verdicts without importing a 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ftsafe_ray import keys
@@ -22,6 +22,11 @@ def keyword_identity(keyword_set: KeywordSet) -> dict[str, Any]:
     """What determines a keyword verdict: the set's name, a hash of its phrases and rule, and
     the version of the degenerate-output flag stored beside it."""
     return dict(keyword_set.identity())
+
+
+def keyword_set_identities(keyword_sets: Iterable[KeywordSet]) -> dict[str, dict[str, Any]]:
+    """Name → verdict identity of each phrase set, as a run directory records them."""
+    return {s.name: keyword_identity(s) for s in keyword_sets}
 
 
 def rubric_identity(spec: RubricJudgeSpec) -> dict[str, Any]:

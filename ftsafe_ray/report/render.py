@@ -53,9 +53,20 @@ def fmt_delta(value: float | None, *, pct: bool, harmful: bool = True) -> Cell:
     """A signed difference from base; `harm` marks the direction when higher means more harm."""
     if value is None or math.isnan(value):
         return Cell(MISSING)
-    text = f"{100 * value:+.1f}" if pct else f"{value:+.2f}"
+    text = _signed(100 * value, 1) if pct else _signed(value, 2)
     shown = float(text)
     return Cell(text, harm=(shown > 0) - (shown < 0) if harmful else 0)
+
+
+def _number(value: float, digits: int) -> str:
+    """`value` rounded, never as `-0` (a difference that rounds to nothing has no sign)."""
+    text = f"{value:.{digits}f}"
+    return text.removeprefix("-") if float(text) == 0 else text
+
+
+def _signed(value: float, digits: int) -> str:
+    text = _number(value, digits)
+    return text if text.startswith("-") else f"+{text}"
 
 
 def fmt_delta_ci(value: float | None, ci: CI | None, *, pct: bool, harmful: bool = True) -> Cell:
@@ -67,8 +78,10 @@ def fmt_delta_ci(value: float | None, ci: CI | None, *, pct: bool, harmful: bool
     if value is None or ci is None or any(math.isnan(v) for v in ci):
         return cell
     if pct:
-        return Cell(f"{cell.text} [{100 * ci[0]:.0f}–{100 * ci[1]:.0f}]", cell.harm)
-    return Cell(f"{cell.text} [{ci[0]:.2f}–{ci[1]:.2f}]", cell.harm)
+        low, high = _number(100 * ci[0], 0), _number(100 * ci[1], 0)
+    else:
+        low, high = _number(ci[0], 2), _number(ci[1], 2)
+    return Cell(f"{cell.text} [{low}–{high}]", cell.harm)
 
 
 def fmt_judge(s: GroupSummary) -> str:

@@ -7,7 +7,7 @@ their groups, and renaming an arm relabels without recomputing anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ftsafe_ray.judge.identity import rubric_identity, verdict_key_for
@@ -77,8 +77,3 @@ def scored_rows(
             }
         )
     return rows
-
-
-def keyword_set_identities(sets: Sequence[Any]) -> dict[str, dict[str, Any]]:
-    """Name → verdict identity of KeywordSet objects, as the run directory records them."""
-    return {s.name: s.identity() for s in sets}
