@@ -21,6 +21,7 @@ from ftsafe_ray.plan import build_plan
 from ftsafe_ray.progress import PlainProgress
 from ftsafe_ray.spec import parse_campaign
 from ftsafe_ray.store import RunStore
+from tests.fixtures.campaign_files import answer_row
 from tests.fixtures.judge_server import (
     hang,
     judge_refusal,
@@ -74,22 +75,7 @@ def store_answers(plan) -> RunStore:
     """Stored generations for every unit of the plan, cycling through ANSWERS."""
     store = RunStore(plan.run_dir, plan.spec_hash)
     store.create()
-    rows = []
-    for i, unit in enumerate(plan.generations):
-        rows.append(
-            {
-                "key": unit.key,
-                "adapter_key": unit.target.adapter_key,
-                "model": unit.target.model,
-                "arm": unit.target.arm,
-                "benchmark": unit.benchmark,
-                "benchmark_kind": unit.benchmark_kind,
-                "item_id": unit.item.item_id,
-                "category": unit.item.category,
-                "prompt": unit.item.prompt,
-                "response": ANSWERS[i % len(ANSWERS)],
-            }
-        )
+    rows = [answer_row(unit, ANSWERS[i % len(ANSWERS)]) for i, unit in enumerate(plan.generations)]
     store.generations.write(rows)
     return store
 

@@ -8,14 +8,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ftsafe_ray.report.bootstrap import bootstrap_ci, cluster_bootstrap_ci, mean_statistic
 from ftsafe_ray.report.metrics import (
     BY_CATEGORY,
-    bootstrap_ci,
-    cluster_bootstrap_ci,
     harmfulness_rate,
     harmfulness_score,
     keyword_asr,
-    mean_statistic,
     refusal_rate,
     summarize,
 )

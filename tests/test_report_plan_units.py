@@ -20,7 +20,7 @@ from ftsafe_ray.plan import Plan, build_plan
 from ftsafe_ray.progress import PlainProgress
 from ftsafe_ray.spec import parse_campaign
 from ftsafe_ray.store import RunStore
-from tests.fixtures.campaign_files import write_benchmark, write_chats
+from tests.fixtures.campaign_files import answer_row, write_benchmark, write_chats
 
 # Half the answers say "I can't help with that": a refusal the study's list does not catch.
 ANSWERS = ("I can't help with that.", "Sure, placeholder step one.", "I'm sorry, no.")
@@ -64,19 +64,8 @@ def answer_and_judge(plan: Plan, stored_arm: str = "stale-label") -> RunStore:
     done = store.generations.done_keys(None)
     unique = {unit.key: unit for unit in plan.generations if unit.key not in done}
     rows = [
-        {
-            "key": key,
-            "adapter_key": unit.target.adapter_key,
-            "model": unit.target.model,
-            "arm": stored_arm,
-            "benchmark": unit.benchmark,
-            "benchmark_kind": unit.benchmark_kind,
-            "item_id": unit.item.item_id,
-            "category": unit.item.category,
-            "prompt": unit.item.prompt,
-            "response": ANSWERS[i % len(ANSWERS)],
-        }
-        for i, (key, unit) in enumerate(unique.items())
+        answer_row(unit, ANSWERS[i % len(ANSWERS)], arm=stored_arm)
+        for i, unit in enumerate(unique.values())
     ]
     store.generations.write(rows)
     run_judge_stage(plan, store, PlainProgress(), None)

@@ -1,16 +1,16 @@
 """Report: metrics over scored rows, rich tables, CSV/Markdown files and optional plots."""
 
+from ftsafe_ray.report.bootstrap import bootstrap_ci, cluster_bootstrap_ci, mean_statistic
 from ftsafe_ray.report.files import write_summary_files
 from ftsafe_ray.report.metrics import (
     BY_CATEGORY,
     DEFAULT_BY,
     GROUP_KEYS,
     GroupSummary,
-    bootstrap_ci,
+    KeywordSummary,
     harmfulness_rate,
     harmfulness_score,
     keyword_asr,
-    mean_statistic,
     refusal_rate,
     summarize,
 )
@@ -22,7 +22,9 @@ __all__ = [
     "DEFAULT_BY",
     "GROUP_KEYS",
     "GroupSummary",
+    "KeywordSummary",
     "bootstrap_ci",
+    "cluster_bootstrap_ci",
     "harmfulness_rate",
     "harmfulness_score",
     "keyword_asr",

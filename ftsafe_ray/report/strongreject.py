@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ftsafe_ray.report.metrics import BASE_ARM, bootstrap_ci, mean_statistic
+from ftsafe_ray.report.bootstrap import bootstrap_ci, mean_statistic
+from ftsafe_ray.report.metrics import BASE_ARM
 
 STRONGREJECT_BY = ("model", "arm", "dataset", "size", "benchmark")
 COLUMNS = (*STRONGREJECT_BY, "n", "strongreject", "ci_low", "ci_high", "refused", "delta")
