@@ -37,6 +37,23 @@ class StepCounter:
         return sum(self.steps.values())
 
 
+def lost_unit_row(unit: FinetuneUnit | AlignUnit, reason: str) -> dict[str, Any]:
+    """The row of a unit whose actor kept dying: an error, so reruns skip it until
+    `--retry-failed` (a unit that runs out of memory would otherwise kill every rerun)."""
+    return {
+        "key": unit.key,
+        "model": unit.model,
+        "arm": unit.arm,
+        "dataset": unit.dataset,
+        "size": unit.size,
+        "seed": unit.seed,
+        "status": "error",
+        "error": f"ActorDied: {reason}",
+        "adapter_path": unit.output_path,
+        "train_examples": len(unit.examples),
+    }
+
+
 def planned_steps(unit: FinetuneUnit | AlignUnit) -> int:
     return math.ceil(len(unit.examples) / unit.train.batch_size) * unit.train.epochs
 
@@ -130,6 +147,7 @@ def _train_on_actors(
     """Run `method` for each unit on a pool of FineTuner actors; store each row as it lands."""
     import ray
 
+    from ftsafe_ray.actor_pool import PoolSettings, run_on_actors
     from ftsafe_ray.finetune.actor import FineTuner
     from ftsafe_ray.models.resolve import torch_threads
 
@@ -139,38 +157,43 @@ def _train_on_actors(
         num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
     )(FineTuner)
     counter = ray.remote(num_cpus=0)(StepCounter).remote()
-    actors = [
-        actor_class.remote(model_path, dtype, torch_threads(resources.num_cpus), revision)
-        for _ in range(min(num_actors, len(units)))
-    ]
     progress.start(STEPS, total=sum(planned_steps(unit) for unit in units))
     steps_seen = 0
+    rows: list[dict[str, Any]] = []
+
+    def make_actor() -> Any:
+        return actor_class.remote(model_path, dtype, torch_threads(resources.num_cpus), revision)
 
     def submit(actor: Any, unit: Any) -> Any:
         return getattr(actor, method).remote(unit, str(plan.run_dir / unit.output_path), counter)
 
-    queue = list(units)
-    in_flight = {submit(actor, queue.pop(0)): actor for actor in actors if queue}
-    rows = []
+    def poll() -> None:
+        nonlocal steps_seen
+        steps_now = ray.get(counter.total.remote())
+        progress.advance(STEPS, steps_now - steps_seen)
+        steps_seen = steps_now
+
+    def store_row(unit: Any, row: dict[str, Any]) -> None:
+        store.finetunes.write([row])
+        rows.append(row)
+        if row["status"] != "ok":
+            progress.log(f"{stage} {row['arm']} failed: {row['error'].splitlines()[0]}")
+        progress.advance(stage)
+
+    def lost(unit: Any, reason: str) -> None:
+        store_row(unit, lost_unit_row(unit, reason))
+
     try:
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
-            steps_now = ray.get(counter.total.remote())
-            progress.advance(STEPS, steps_now - steps_seen)
-            steps_seen = steps_now
-            if not ready:
-                continue
-            actor = in_flight.pop(ready[0])
-            row = ray.get(ready[0])
-            store.finetunes.write([row])
-            rows.append(row)
-            if row["status"] != "ok":
-                progress.log(f"{stage} {row['arm']} failed: {row['error'].splitlines()[0]}")
-            progress.advance(stage)
-            if queue:
-                in_flight[submit(actor, queue.pop(0))] = actor
+        run_on_actors(
+            make_actor,
+            units,
+            submit,
+            store_row,
+            lost,
+            PoolSettings(num_actors=num_actors, poll_s=POLL_S),
+            on_poll=poll,
+        )
     finally:
-        for actor in [*actors, counter]:
-            ray.kill(actor)
+        ray.kill(counter)
     progress.finish(STEPS)
     return rows

@@ -85,14 +85,10 @@ def _generate_round(
     """Generate `pending` with fresh Generator actors per base model; return the rows written."""
     import ray
 
-    from ftsafe_ray.generate.actor import Generator
-    from ftsafe_ray.models.resolve import torch_threads
-
     settings = plan.spec.generation
     generated = 0
     with ShardBuffer(store.generations) as buffer:
         for model_name in dict.fromkeys(unit.target.model for unit in pending):
-            model = plan.model_spec(model_name)
             units = [unit for unit in pending if unit.target.model == model_name]
             # Group by adapter so a batch rarely mixes adapters (fewer adapter switches), and
             # never mix sampling seeds: a batch is generated under one seed.
@@ -102,30 +98,53 @@ def _generate_round(
                 group = list(grouped)
                 size = settings.batch_size
                 batches += [group[i : i + size] for i in range(0, len(group), size)]
-            actor_class = ray.remote(
-                num_cpus=settings.num_cpus, num_gpus=settings.num_gpus, max_restarts=0
-            )(Generator)
-            actors = [
-                actor_class.remote(
-                    plan.model_path(model_name),
-                    model.dtype,
-                    resolve_backend(settings.backend),
-                    torch_threads(settings.num_cpus),
-                    settings.vllm,
-                    plan.model_revision(model_name),
-                )
-                for _ in range(min(settings.num_actors, len(batches)))
-            ]
+            make_actor = _generator_factory(plan, model_name)
+            first = make_actor()
             try:
                 if settings.check_adapters:
-                    _check_adapters(ray, actors[0], units, plan, store, progress)
-                generated += _drain(
-                    ray, actors, batches, plan, store, buffer, progress, settings.batch_size
-                )
-            finally:
-                for actor in actors:
-                    ray.kill(actor)
+                    _check_adapters(ray, first, units, plan, store, progress)
+            except BaseException:
+                ray.kill(first)
+                raise
+            # The checked actor serves the first slot: one engine start, not two.
+            actors = _first_then(first, make_actor)
+            generated += _drain(actors, batches, plan, store, buffer, progress, len(batches))
     return generated
+
+
+def _generator_factory(plan: Plan, model_name: str) -> Any:
+    """A function that starts one Generator actor for this base model."""
+    import ray
+
+    from ftsafe_ray.generate.actor import Generator
+    from ftsafe_ray.models.resolve import torch_threads
+
+    settings = plan.spec.generation
+    actor_class = ray.remote(
+        num_cpus=settings.num_cpus, num_gpus=settings.num_gpus, max_restarts=0
+    )(Generator)
+
+    def make_actor() -> Any:
+        return actor_class.remote(
+            plan.model_path(model_name),
+            plan.model_spec(model_name).dtype,
+            resolve_backend(settings.backend),
+            torch_threads(settings.num_cpus),
+            settings.vllm,
+            plan.model_revision(model_name),
+        )
+
+    return make_actor
+
+
+def _first_then(first: Any, make: Any) -> Any:
+    """An actor factory that hands out `first`, then new actors from `make`."""
+    spare = [first]
+
+    def next_actor() -> Any:
+        return spare.pop() if spare else make()
+
+    return next_actor
 
 
 def _check_adapters(ray, actor, units, plan, store, progress) -> None:
@@ -159,9 +178,16 @@ def _check_adapters(ray, actor, units, plan, store, progress) -> None:
     progress.log(f"generate: {len(probes)} adapter(s) change the base model's answers (checked)")
 
 
-def _drain(ray, actors, batches, plan, store, buffer, progress, batch_size) -> int:
-    """Keep two batches in flight per actor; store each batch's rows as it lands."""
+def _drain(make_actor, batches, plan, store, buffer, progress, num_batches) -> int:
+    """Keep two batches in flight per actor; store each batch's rows as it lands.
+
+    A batch whose actor died on both of its tries is left ungenerated (logged; a rerun tries
+    it again), and the other batches carry on.
+    """
+    from ftsafe_ray.actor_pool import PoolSettings, run_on_actors
     from ftsafe_ray.generate.requests import GenerationRequest
+
+    batch_size = plan.spec.generation.batch_size
 
     def submit(actor, batch):
         requests = [
@@ -178,23 +204,21 @@ def _drain(ray, actors, batches, plan, store, buffer, progress, batch_size) -> i
         seed = _sampling_seed(batch[0], plan)
         return actor.generate.remote(requests, plan.spec.sampling, batch_size, seed)
 
-    queue = list(batches)
-    in_flight: dict[Any, tuple[Any, list[GenerationUnit]]] = {}
-    for actor in actors * 2:
-        if queue:
-            batch = queue.pop(0)
-            in_flight[submit(actor, batch)] = (actor, batch)
     count = 0
-    while in_flight:
-        [ref], _ = ray.wait(list(in_flight), num_returns=1)
-        actor, batch = in_flight.pop(ref)
-        results = _get(ray, ref)
+
+    def stored(batch, results) -> None:
+        nonlocal count
         buffer.add([_row(unit, result, plan) for unit, result in zip(batch, results, strict=True)])
         count += len(batch)
         progress.advance(STAGE, len(batch))
-        if queue:
-            batch = queue.pop(0)
-            in_flight[submit(actor, batch)] = (actor, batch)
+
+    def lost(batch, reason: str) -> None:
+        progress.log(f"generate: {len(batch)} prompts left for a rerun: {reason}")
+
+    settings = PoolSettings(
+        num_actors=min(plan.spec.generation.num_actors, num_batches), in_flight_per_actor=2
+    )
+    run_on_actors(make_actor, batches, submit, stored, lost, settings)
     return count
 
 
