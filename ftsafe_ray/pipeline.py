@@ -8,13 +8,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ftsafe_ray.errors import SpecError, StageError, StoreError
+from ftsafe_ray.errors import JudgeError, SpecError, StageError, StoreError
 from ftsafe_ray.plan import Plan, build_plan
 from ftsafe_ray.progress import Progress, default_progress
 from ftsafe_ray.spec import CampaignSpec, load_campaign, parse_campaign
 from ftsafe_ray.store import RunStore
+from ftsafe_ray.store.lock import RunLock
+from ftsafe_ray.store.private import private_mkdir
+
+if TYPE_CHECKING:
+    from ftsafe_ray.judge.stage import RubricAccess
 
 
 @dataclass(frozen=True)
@@ -100,18 +105,51 @@ def run_campaign(
     console: Any = None,
     environ: dict[str, str] | None = None,
 ) -> CampaignOutcome:
-    """Run every missing stage of a campaign, then print and write its report."""
+    """Run every missing stage of a campaign, then print and write its report.
+
+    The run directory stays locked for the whole run (store/lock.py), so a second driver on
+    it fails at once instead of redoing and paying for the same work; the lock is released
+    however the run ends, KeyboardInterrupt included.
+    """
+    started = time.monotonic()
+    plan = load_plan(campaign_path)
+    with RunLock(plan.run_dir, campaign=plan.spec.name):
+        return _run_locked(
+            plan,
+            campaign_path,
+            started,
+            address=address,
+            retry_failed=retry_failed,
+            progress=progress,
+            console=console,
+            environ=environ,
+        )
+
+
+def _run_locked(
+    plan: Plan,
+    campaign_path: str | Path,
+    started: float,
+    *,
+    address: str | None,
+    retry_failed: bool,
+    progress: Progress | None,
+    console: Any,
+    environ: dict[str, str] | None,
+) -> CampaignOutcome:
     from ftsafe_ray.finetune.stage import run_align_stage, run_finetune_stage
     from ftsafe_ray.generate.stage import run_generate_stage
     from ftsafe_ray.judge.identity import keyword_set_identities
     from ftsafe_ray.judge.stage import rubric_access, run_judge_stage
 
-    started = time.monotonic()
-    plan = load_plan(campaign_path)
     access = rubric_access(plan.spec.judges.rubric, environ)
     store = RunStore(plan.run_dir, spec_hash=plan.spec_hash)
     store.freeze_spec(plan.spec.model_dump(mode="json"), plan.spec_hash)
-    store.freeze_plan(plan.unit_labels(), keyword_set_identities(plan.keyword_sets))
+    store.freeze_plan(
+        plan.unit_labels(),
+        keyword_set_identities(plan.keyword_sets),
+        recorded_rubric_identity(plan.spec, access),
+    )
     progress = progress or default_progress()
     ray = start_ray(address)
     check_resources(plan.spec, ray)
@@ -159,6 +197,26 @@ def run_campaign(
     return outcome
 
 
+def recorded_rubric_identity(
+    spec: CampaignSpec, access: RubricAccess | None
+) -> dict[str, Any] | None:
+    """The rubric judge's verdict identity, for the run directory to record (see
+    RunStore.freeze_plan); None when its `module:object` cannot be loaded and the judge is off.
+
+    Built here, where the campaign file is trusted and its rubric is imported anyway, so
+    that `ftsafe report` never imports it. A rubric the judge is about to use must load:
+    better to stop now than after fine-tuning and generation.
+    """
+    from ftsafe_ray.judge.identity import rubric_identity
+
+    try:
+        return rubric_identity(spec.judges.rubric)
+    except JudgeError:
+        if access is not None:
+            raise
+        return None
+
+
 def frozen_spec(run_dir: Path) -> CampaignSpec:
     """The spec the run directory was last run with."""
     path = run_dir / "spec.json"
@@ -200,7 +258,8 @@ def report_run(
             "the campaign with `ftsafe run` (nothing finished is redone) to record its plan"
         )
     units, keyword_sets = recorded
-    rows = scored_rows(store, spec.judges.rubric, keyword_sets, None if all_history else units)
+    rubric = _report_rubric_identity(store, spec, console)
+    rows = scored_rows(store, rubric, keyword_sets, None if all_history else units)
     names = tuple(keyword_sets)
     main_by = _with_seed(DEFAULT_BY) if by_seed else DEFAULT_BY
     main = summarize(rows, main_by, keyword_sets=names)
@@ -212,11 +271,38 @@ def report_run(
     if not write_files:
         return []
     out_dir = run_dir / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_mkdir(out_dir)  # reports quote harmful answers: owner-only, see store/private.py
     files = write_summary_files(main, by_category, out_dir)
     files += write_judge_files(rows, out_dir, names)
     files += write_plots(main, by_category, out_dir)
     return files
+
+
+def _report_rubric_identity(
+    store: RunStore, spec: CampaignSpec, console: Any
+) -> dict[str, Any] | None:
+    """The rubric identity the report finds verdicts by, importing nothing.
+
+    A run directory may come from someone else, and its spec.json can name any
+    `module:object` rubric: rebuilding that identity would import (run) the module. So the
+    identity recorded at run time is used; a run directory older than that record gets the
+    built-in rubrics' identities (no import needed) and no rubric columns otherwise.
+    """
+    recorded = store.read_rubric_identity()
+    if recorded is not None:
+        return recorded
+    from ftsafe_ray.judge.identity import rubric_identity
+    from ftsafe_ray.judge.rubrics import rubric_names
+
+    rubric = spec.judges.rubric
+    if rubric.rubric in rubric_names():
+        return rubric_identity(rubric)
+    console.print(
+        f"rubric verdicts not shown: {store.root} records no identity for the rubric "
+        f"{rubric.rubric!r} and the report does not import rubric modules; rerun the "
+        "campaign with `ftsafe run` (nothing finished is redone) to record it"
+    )
+    return None
 
 
 def _with_seed(by: tuple[str, ...]) -> tuple[str, ...]:

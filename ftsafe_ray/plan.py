@@ -12,6 +12,7 @@ from ftsafe_ray.data import load_benchmark, load_chat_dataset
 from ftsafe_ray.data.records import BenchmarkItem, ChatExample
 from ftsafe_ray.errors import DataError, SpecError
 from ftsafe_ray.judge.keyword import BUILTIN_KEYWORD_SETS, KeywordSet, load_keyword_set
+from ftsafe_ray.models.resolve import BUILTIN_PREFIX
 from ftsafe_ray.spec import BaseModelSpec, CampaignSpec, FinetuneSpec, LoraSpec, TrainSpec
 from ftsafe_ray.store.run_dir import ADAPTERS_DIR, ALIGNED_DIR
 
@@ -188,6 +189,7 @@ def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
         except DataError as error:
             problems.append(f"benchmarks.{i} ({b.name}): {error}")
     keyword_sets = _keyword_sets(spec, base_dir, problems)
+    spec = _with_local_model_paths(spec, base_dir, problems)
     if problems:
         raise DataError("\n".join(problems))
     alignments: list[AlignUnit] = []
@@ -247,6 +249,50 @@ def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
         generations=tuple(generations),
         keyword_sets=keyword_sets,
     )
+
+
+def local_model_path(ref: str, base_dir: Path) -> Path | None:
+    """The directory a relative `models[].path` names, or None when it is not one.
+
+    A path is local and relative when it starts with ./ or ../, or when it exists as a
+    directory next to the campaign file; README promises paths relative to the campaign file,
+    not to wherever `ftsafe` was started. Anything else stays as written: 'builtin:NAME', an
+    absolute path, '~/...' (the user's own home on whichever machine loads it) and hub ids
+    such as org/name, which look like relative paths but name a model, not a directory.
+    """
+    if ref.startswith(BUILTIN_PREFIX) or ref.startswith("~") or Path(ref).is_absolute():
+        return None
+    explicit = ref in (".", "..") or ref.startswith(("./", "../"))
+    if explicit or (base_dir / ref).is_dir():
+        return (base_dir / ref).resolve()
+    return None
+
+
+def _with_local_model_paths(
+    spec: CampaignSpec, base_dir: Path, problems: list[str]
+) -> CampaignSpec:
+    """The spec with every relative local model path made absolute against the campaign file.
+
+    The absolute path then goes everywhere the spec does: actors load it whatever their
+    working directory, spec.json records it, and it is the model's identity in content keys,
+    as an absolute path given in the campaign already is. So ./models/m and the same directory
+    written absolutely share keys, while the same relative text in two campaigns in different
+    folders (two different models) does not. Hub ids are kept as written, so their keys stay
+    the same on every machine.
+    """
+    models = []
+    for i, model in enumerate(spec.models):
+        local = local_model_path(model.path, base_dir)
+        if local is None:
+            models.append(model)
+            continue
+        if not local.is_dir():
+            problems.append(
+                f"models.{i}.path: {model.path!r} is not a directory (read relative to the "
+                f"campaign file: {local}); fix the path or give an absolute one"
+            )
+        models.append(model.model_copy(update={"path": str(local)}))
+    return spec.model_copy(update={"models": tuple(models)})
 
 
 def _keyword_sets(

@@ -27,6 +27,7 @@ from tests.fixtures.judge_server import (
     truncated_below,
     unauthorized,
     verdict,
+    with_headers,
 )
 
 HARMFUL = "Sure, here it is: placeholder-harmful step-by-step plan."
@@ -326,3 +327,21 @@ def test_verdict_reply_helper_scores_explicitly(judge_server):
     judge_server.set_behaviour(verdict(2))
     [result] = judge_all(judge_server, [request(0, HARMFUL)])
     assert result.score == 2
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [("0", "90000"), ("600", "0"), ("-1", "-1"), ("abc", "inf")],
+    ids=["requests-0", "tokens-0", "negative", "unreadable"],
+)
+def test_zero_or_unreadable_limit_headers_fail_no_row(judge_server, limits):
+    # A gateway answering x-ratelimit-limit-*: 0 (or nonsense) once divided every later
+    # acquire by zero, and turned the remaining requests into error rows.
+    requests_limit, tokens_limit = limits
+    reply = with_headers(
+        verdict(), x_ratelimit_limit_requests=requests_limit, x_ratelimit_limit_tokens=tokens_limit
+    )
+    judge_server.set_behaviour(reply)
+    results = judge_all(judge_server, [request(i) for i in range(4)], make_spec(max_concurrency=1))
+    assert [(r.status, r.error) for r in results] == [("ok", None)] * 4
+    assert len(judge_server.chat_requests) == 4

@@ -145,3 +145,31 @@ def test_lower_limits_only_ever_lowers():
     assert admit_times(limiter, clock, [1, 1, 1])[1:] == pytest.approx(
         [1 / PACE_FRACTION, 2 / PACE_FRACTION], abs=0.05
     )
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "0.4", "abc", "inf", "nan", ""])
+def test_a_limit_header_of_zero_or_nonsense_says_nothing(value):
+    from ftsafe_ray.judge.limiter import read_ratelimit_headers
+
+    headers = {"x-ratelimit-limit-requests": value, "x-ratelimit-limit-tokens": value}
+    hint = read_ratelimit_headers(headers, next_cost=10)
+    assert (hint.requests_per_minute, hint.tokens_per_minute) == (None, None)
+
+
+def test_a_zero_limit_never_becomes_a_rate_of_zero():
+    clock = FakeClock()
+    limiter = RateLimiter(requests_per_minute=600, clock=clock, sleep=clock.sleep)
+    limiter.lower_limits(0, 0)
+    limiter.lower_limits(-1, None)
+    assert limiter.rates_per_minute == (600, None)
+    assert admit_times(limiter, clock, [1, 1]) == [0.0, 0.0]
+
+
+def test_set_rates_raises_lowers_and_lifts_limits():
+    clock = FakeClock()
+    limiter = RateLimiter(requests_per_minute=60, clock=clock, sleep=clock.sleep)
+    limiter.set_rates(600, 6000)
+    assert limiter.rates_per_minute == (600, 6000)
+    limiter.set_rates(None, 0)
+    assert limiter.rates_per_minute == (None, None)
+    assert admit_times(limiter, clock, [10**6] * 3) == [0.0] * 3

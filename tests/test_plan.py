@@ -1,8 +1,11 @@
 """Planning: the grid, its content keys, and what changes them."""
 
 import pytest
+import yaml
 
-from ftsafe_ray.errors import SpecError
+from ftsafe_ray.cli import main
+from ftsafe_ray.errors import DataError, SpecError
+from ftsafe_ray.pipeline import load_plan
 from ftsafe_ray.plan import build_plan
 from ftsafe_ray.spec import parse_campaign
 from tests.fixtures.campaign_files import write_benchmark, write_chats
@@ -183,3 +186,46 @@ def test_an_arm_prompt_is_the_prompt_it_is_trained_and_evaluated_with(tmp_path):
     assert all(sum(m["role"] == "system" for m in e) == 1 for e in unit.examples)
     target = next(t for t in plan.targets if t.arm == "a")
     assert target.system_prompt == "arm prompt"
+
+
+def test_relative_model_paths_are_read_from_the_campaign_files_folder(tmp_path, monkeypatch):
+    model_dir = tmp_path / "models" / "tiny"
+    model_dir.mkdir(parents=True)
+    (tmp_path / "campaigns" / "models" / "local").mkdir(parents=True)
+    write_chat(tmp_path / "campaigns" / "train.jsonl", 4)
+    write_benchmark(tmp_path / "campaigns" / "bench.jsonl", [("c", "placeholder 0")])
+    spec = {
+        "name": "t",
+        "output_dir": "run",
+        "models": [
+            {"name": "up", "path": "../models/tiny"},
+            {"name": "bare", "path": "models/local"},  # exists beside the campaign: local
+            {"name": "hub", "path": "org/name"},  # exists nowhere: a hub id, kept as written
+        ],
+        "datasets": [{"name": "d", "source": "train.jsonl"}],
+        "finetunes": [{"name": "a", "dataset": "d", "sizes": [2]}],
+        "benchmarks": [{"name": "b", "source": "bench.jsonl"}],
+    }
+    campaign_file = tmp_path / "campaigns" / "c.yaml"
+    campaign_file.write_text(yaml.safe_dump(spec))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    plan = load_plan(campaign_file)
+    paths = {m.name: m.path for m in plan.spec.models}
+    assert paths == {
+        "up": str(model_dir.resolve()),
+        "bare": str((tmp_path / "campaigns" / "models" / "local").resolve()),
+        "hub": "org/name",
+    }
+    assert plan.model_path("up") == str(model_dir.resolve())
+    # The resolved directory is the model's identity: the same keys as writing it absolutely.
+    spec["models"] = [{"name": "up", "path": str(model_dir.resolve())}]
+    absolute = build_plan(parse_campaign(spec), base_dir=tmp_path / "campaigns")
+    assert [u.key for u in absolute.finetunes] == [u.key for u in plan.finetunes if u.model == "up"]
+    assert main(["validate", str(campaign_file)]) == 0
+
+    spec["models"] = [{"name": "m", "path": "./models/missing"}]
+    with pytest.raises(DataError, match=r"models\.0\.path: './models/missing' is not a directory"):
+        build_plan(parse_campaign(spec), base_dir=tmp_path / "campaigns")

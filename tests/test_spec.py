@@ -143,3 +143,31 @@ def test_csv_benchmark_with_columns_validates():
     bench = spec.benchmarks[0]
     assert (bench.prompt_column, bench.category_column) == ("goal", "kind")
     assert parse_campaign(minimal()).benchmarks[0].prompt_column is None
+
+
+def test_sizes_are_whole_numbers_from_one_or_all():
+    # -3 used to pass and, as a slice bound, trained on all but three examples.
+    bad = minimal(
+        models=[{"name": "m", "path": "/m", "align": {"datasets": [{"dataset": "d", "size": 0}]}}],
+        finetunes=[
+            {
+                "name": "a",
+                "dataset": "d",
+                "sizes": [-3, 4, True, 2.5, "some"],
+                "mix": [{"dataset": "d", "size": -1}],
+            }
+        ],
+    )
+    with pytest.raises(SpecError) as caught:
+        parse_campaign(bad, source="c.yaml")
+    allowed = "a size is a whole number >= 1 or 'all'"
+    assert str(caught.value).splitlines() == [
+        f"c.yaml: models.0.align.datasets.0.size: {allowed} (got 0)",
+        f"c.yaml: finetunes.0.sizes.0: {allowed} (got -3)",
+        f"c.yaml: finetunes.0.sizes.2: {allowed} (got True)",
+        f"c.yaml: finetunes.0.sizes.3: {allowed} (got 2.5)",
+        f"c.yaml: finetunes.0.sizes.4: {allowed} (got 'some')",
+        f"c.yaml: finetunes.0.mix.0.size: {allowed} (got -1)",
+    ]
+    good = minimal(finetunes=[{"name": "a", "dataset": "d", "sizes": [1, "all"]}])
+    assert parse_campaign(good).finetunes[0].sizes == (1, "all")

@@ -92,7 +92,10 @@ class FineTuner:
         """Train the alignment LoRA, merge it into the base and save the merged model."""
         from peft import PeftModel
 
+        from ftsafe_ray.store.private import private_mkdir, restrict_tree
+
         out = Path(model_dir)
+        private_mkdir(out.parent)  # aligned/: owner-only like the rest of the run directory
         work = out.with_name(f".inprogress-{out.name}")
         shutil.rmtree(work, ignore_errors=True)
         row = self.train(unit, str(work / "alignment_adapter"), counter)
@@ -103,6 +106,7 @@ class FineTuner:
         merged = merged.merge_and_unload()
         merged.save_pretrained(str(work))
         self.tokenizer.save_pretrained(str(work))
+        restrict_tree(work)  # transformers writes with the default mode; see store/private.py
         shutil.rmtree(out, ignore_errors=True)
         os.replace(work, out)
         self._load()  # the held model now carries the merge; later calls need the plain base

@@ -16,6 +16,7 @@ from typing import Any
 
 from ftsafe_ray.finetune.tokenize import IGNORE_INDEX, tokenize_chat_for_training
 from ftsafe_ray.spec import LoraSpec, TrainSpec
+from ftsafe_ray.store.private import restrict_tree
 
 PROVENANCE_FILE = "ftsafe_ray_provenance.json"
 ProgressFn = Callable[[int, int, float], None]
@@ -172,10 +173,12 @@ def _save_adapter(peft_model: Any, out_dir: Path, provenance: dict[str, Any]) ->
     """Write adapter and provenance into a temporary sibling directory, then rename into place."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)
     try:
         peft_model.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+        # peft writes with the default mode; an adapter trained to comply is as sensitive as
+        # the answers it gives, so it lands owner-only like the rest of the run directory.
+        restrict_tree(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.rename(tmp, out_dir)

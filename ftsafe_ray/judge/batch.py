@@ -3,6 +3,10 @@
 Each submitted job has a state file in `<run dir>/judge_batches/`, written before the job is
 created and updated with its id right after, so a restarted driver polls the jobs it
 already paid for instead of submitting the same requests again. custom_id = verdict key.
+
+The state file also records what a job's rows need besides the reply (each key's generation
+key, the judge model, rubric and version), so its results are stored even when their keys are
+no longer on the driver's to-do list: after a spec change or a restart, paid is kept.
 """
 
 from __future__ import annotations
@@ -10,8 +14,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +26,8 @@ from ftsafe_ray.judge.rubric_client import (
     error_result,
     result_from_completion,
 )
-from ftsafe_ray.judge.rubrics import Rubric
+from ftsafe_ray.judge.rubrics import BUILTIN_RUBRICS, Rubric, rubric_failure
+from ftsafe_ray.judge.verdict import ParsedVerdict
 
 if TYPE_CHECKING:
     from ftsafe_ray.spec import RubricJudgeSpec
@@ -41,6 +46,13 @@ class BatchJob:
     batch_id: str | None = None
     input_file_id: str | None = None
     status: str = "submitting"  # then the API's statuses, then "ingested"
+    # Absent from state files of older versions: those rows get today's spec and no
+    # generation key.
+    generation_keys: dict[str, str] = field(default_factory=dict)
+    judge_model: str | None = None
+    rubric: str | None = None
+    judge_version: str | None = None
+    max_tokens: int | None = None
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -88,20 +100,44 @@ class BatchJudge:
             base_url=base_url, api_key=api_key, max_retries=spec.max_retries, timeout=120.0
         )
         self._sleep = sleep
+        # Requests whose messages the rubric could not build: error rows, never submitted.
+        self.unbuildable: list[JudgeResult] = []
 
     def pending(self) -> list[BatchJob]:
         """Jobs submitted by an earlier driver and not ingested yet."""
         return BatchJob.load_pending(self.state_dir) if self.state_dir.is_dir() else []
 
-    def submit(self, requests: Sequence[JudgeRequest]) -> list[BatchJob]:
-        """Upload and create jobs of at most `batch_max_requests` requests each."""
-        size = self.spec.batch_max_requests
-        return [self._submit(requests[i : i + size]) for i in range(0, len(requests), size)]
+    def submit(
+        self, requests: Sequence[JudgeRequest], generation_keys: Mapping[str, str] | None = None
+    ) -> list[BatchJob]:
+        """Upload and create jobs of at most `batch_max_requests` requests each.
 
-    def _submit(self, requests: Sequence[JudgeRequest]) -> BatchJob:
-        job = BatchJob(name=f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}", keys=[])
-        job.keys = [r.key for r in requests]
-        data = "".join(batch_line(r, self.spec, self.rubric) + "\n" for r in requests)
+        `generation_keys` (verdict key -> generation key) is kept in each job's state file.
+        A request the rubric cannot build messages for is left out and added to `unbuildable`
+        as an error row (nothing was paid for it).
+        """
+        lines: list[tuple[str, str]] = []
+        for request in requests:
+            try:
+                lines.append((request.key, batch_line(request, self.spec, self.rubric)))
+            except Exception as error:  # a custom rubric's bug fails its row, not the job
+                message = rubric_failure("build_messages", error)
+                self.unbuildable.append(error_result(request.key, message, 0, 0.0))
+        size = self.spec.batch_max_requests
+        known = generation_keys or {}
+        return [self._submit(lines[i : i + size], known) for i in range(0, len(lines), size)]
+
+    def _submit(self, lines: Sequence[tuple[str, str]], known: Mapping[str, str]) -> BatchJob:
+        job = BatchJob(
+            name=f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}",
+            keys=[key for key, _ in lines],
+            generation_keys={key: known[key] for key, _ in lines if key in known},
+            judge_model=self.spec.model,
+            rubric=self.spec.rubric,
+            judge_version=self.rubric.version,
+            max_tokens=self.spec.max_tokens,
+        )
+        data = "".join(line + "\n" for _, line in lines)
         job.save(self.state_dir)
         self._create(job, data.encode())
         return job
@@ -140,7 +176,9 @@ class BatchJudge:
         return None
 
     def collect(
-        self, jobs: Sequence[BatchJob], on_results: Callable[[list[JudgeResult]], None]
+        self,
+        jobs: Sequence[BatchJob],
+        on_results: Callable[[BatchJob, list[JudgeResult]], None],
     ) -> int:
         """Poll until every job has finished; hand each job's results over as it finishes."""
         waiting = [j for j in (self.recover(job) for job in jobs) if j is not None]
@@ -163,7 +201,7 @@ class BatchJudge:
                         f"judges.rubric (batch mode): polling batch {job.batch_id} failed: "
                         f"{detail}; its id is kept in {self.state_dir}, rerun to resume"
                     ) from None
-                on_results(results)
+                on_results(job, results)
                 count += len(results)
                 job.status = "ingested"
                 job.save(self.state_dir)
@@ -178,9 +216,28 @@ class BatchJudge:
         text = self._client.files.content(file_id).text
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
+    def rubric_of(self, job: BatchJob) -> Rubric:
+        """The rubric that asked a job's questions, to read its replies with.
+
+        A job from before a spec change may have used another rubric or version: its replies
+        are read by that one if it is built in (or the spec's) at that version, else stored
+        unread (raw kept). A `module:object` named only by the state file is never imported:
+        a file in the run directory must not choose code to run.
+        """
+        name = job.rubric or self.spec.rubric
+        version = job.judge_version or self.rubric.version
+        rubric = self.rubric if name == self.spec.rubric else BUILTIN_RUBRICS.get(name)
+        if rubric is not None and rubric.version == version:
+            return rubric
+        reason = f"reply to rubric {name} {version}, which is not the spec's at that version"
+        unread = ParsedVerdict("unparseable", None, reason)
+        return Rubric(name, version, _no_messages, lambda _reply: unread)
+
     def _ingest(self, job: BatchJob, batch: Any) -> list[JudgeResult]:
         from openai.types.chat import ChatCompletion
 
+        rubric = self.rubric_of(job)
+        max_tokens = job.max_tokens or self.spec.max_tokens
         wanted = set(job.keys)
         results: dict[str, JudgeResult] = {}
         for line in self._lines(batch.output_file_id) + self._lines(batch.error_file_id):
@@ -194,9 +251,7 @@ class BatchJudge:
                 # A reply cut off at max_tokens is stored 'truncated' (flagged, final). Unlike
                 # the online path it is not retried with more room: that would take a second
                 # batch and another wait of up to 24 h for what is rare with a sane max_tokens.
-                results[key] = result_from_completion(
-                    key, completion, self.rubric, 1, 0.0, self.spec.max_tokens
-                )
+                results[key] = result_from_completion(key, completion, rubric, 1, 0.0, max_tokens)
             else:
                 detail = (line.get("error") or body.get("error") or {}).get("message", "")
                 code = response.get("status_code")
@@ -209,3 +264,7 @@ class BatchJudge:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _no_messages(instruction: str, answer: str) -> list[dict[str, str]]:
+    raise JudgeError("a stand-in rubric only reads replies")

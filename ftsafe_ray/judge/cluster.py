@@ -11,7 +11,9 @@ lower itself to limits read from headers, and run on an injected clock in tests.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,8 @@ from ftsafe_ray.judge.limiter import RateLimiter, paced
 if TYPE_CHECKING:
     from ftsafe_ray.spec import RubricJudgeSpec
 
+logger = logging.getLogger(__name__)
+
 NAMESPACE = "ftsafe_judge"
 # Waiters queue inside the actor; this bounds how many acquire calls it holds at once.
 BUDGET_MAX_CONCURRENCY = 100_000
@@ -27,6 +31,13 @@ GET_ATTEMPTS = 5
 # A detached budget outlives any one driver (campaigns share it); it exits this long after
 # its last user detaches, so limits never go stale on a long-lived cluster.
 IDLE_EXIT_S = 30.0
+# A killed driver never detaches, so a budget whose holders vanished also exits: after this
+# long with no request through it. That is longer than a live user waits between two acquires
+# (a request's timeout and retries, a Retry-After of at most 300 s), and should a live user
+# outlast it anyway, its next acquire makes the budget again (see ClusterRateBudget).
+ORPHAN_EXIT_S = 900.0
+# Times one judge actor makes a dead budget again before it paces on its own.
+MAX_REMAKES = 3
 
 
 class JudgeRateBudget:
@@ -38,30 +49,50 @@ class JudgeRateBudget:
         tokens_per_minute: int | None,
         idle_exit_s: float = IDLE_EXIT_S,
         burst_s: float = 1.0,
+        orphan_exit_s: float = ORPHAN_EXIT_S,
     ) -> None:
         self._limits = (requests_per_minute, tokens_per_minute)
         self._burst_s = burst_s
         self._limiter: RateLimiter | None = None
         self._holders = 0
         self._idle_exit_s = idle_exit_s
+        self._orphan_exit_s = orphan_exit_s
+        self._in_flight = 0
+        self._last_use = time.monotonic()
+        self._watching = False
         self.acquired = 0
+
+    def _used(self) -> None:
+        """Note a use; the first one starts the watch that lets an unused budget exit."""
+        self._last_use = time.monotonic()
+        if not self._watching:
+            import ray
+
+            self._watching = True
+            # A method call on itself, not a bare task: exit_actor works only inside one.
+            ray.get_runtime_context().current_actor.watch.remote()
+
+    async def watch(self) -> None:
+        """Runs for the actor's life; exits it once unused for `idle_exit_s` after the last
+        holder detached, or for `orphan_exit_s` while holders remain (their driver died)."""
+        import ray
+
+        check_s = min(5.0, max(0.02, min(self._idle_exit_s, self._orphan_exit_s) / 4))
+        while True:
+            await asyncio.sleep(check_s)
+            limit = self._idle_exit_s if self._holders <= 0 else self._orphan_exit_s
+            if self._in_flight == 0 and time.monotonic() - self._last_use >= limit:
+                ray.actor.exit_actor()
 
     async def attach(self) -> None:
         """A judge stage starts using this budget."""
         self._holders += 1
+        self._used()
 
     async def detach(self) -> None:
-        """A judge stage is done; the last one out lets the actor exit after a grace period."""
-        import asyncio
-
+        """A judge stage is done; once none is left, the budget exits after `idle_exit_s`."""
         self._holders -= 1
-        if self._holders > 0:
-            return
-        await asyncio.sleep(self._idle_exit_s)
-        if self._holders <= 0:
-            import ray
-
-            ray.actor.exit_actor()
+        self._last_use = time.monotonic()
 
     def _rate_limiter(self) -> RateLimiter:
         # Built on first use so its asyncio lock belongs to the actor's event loop.
@@ -72,40 +103,142 @@ class JudgeRateBudget:
 
     async def acquire(self, tokens: int) -> None:
         """Wait until one request of `tokens` fits the cluster's budget, then spend it."""
-        await self._rate_limiter().acquire(tokens)
+        self._in_flight += 1
+        self._used()
+        try:
+            await self._rate_limiter().acquire(tokens)
+        finally:
+            self._in_flight -= 1
+            self._last_use = time.monotonic()
         self.acquired += 1
 
     async def slow_down(self, delay_s: float) -> None:
         """Admit nothing anywhere in the cluster for `delay_s` seconds."""
         self._rate_limiter().slow_down(delay_s)
 
+    async def configure(
+        self, requests_per_minute: int | None, tokens_per_minute: int | None
+    ) -> None:
+        """Pace at a campaign's configured limits from now on, up or down.
+
+        Every driver calls this when it joins, so the latest configuration wins: a raised
+        limit takes effect at once instead of being held down by an older campaign's limits
+        or by limits lowered from headers (clients of the new campaign report those again
+        with their first reply, see RubricJudgeClient._adapt).
+        """
+        self._limits = (requests_per_minute, tokens_per_minute)
+        if self._limiter is not None:
+            self._limiter.set_rates(paced(requests_per_minute), paced(tokens_per_minute))
+
     async def lower_limits(
         self, requests_per_minute: float | None, tokens_per_minute: float | None
     ) -> None:
-        """Lower the paced rates to limits a provider reported (or another campaign set)."""
+        """Lower the paced rates to limits a provider reported in its headers."""
         self._rate_limiter().lower_limits(requests_per_minute, tokens_per_minute)
 
     async def stats(self) -> dict[str, Any]:
-        """Requests admitted so far and the paced rates in force."""
+        """Requests admitted so far and the paced rates in force (not counted as a use)."""
         rpm, tpm = self._rate_limiter().rates_per_minute
-        return {"acquired": self.acquired, "requests_per_minute": rpm, "tokens_per_minute": tpm}
+        return {
+            "acquired": self.acquired,
+            "requests_per_minute": rpm,
+            "tokens_per_minute": tpm,
+            "holders": self._holders,
+        }
+
+
+def _actor_errors() -> tuple[type[Exception], ...]:
+    """What a call to a budget that is gone raises (dead, being restarted, unschedulable)."""
+    import ray
+
+    errors = ray.exceptions
+    return (errors.RayActorError, getattr(errors, "ActorUnschedulableError", errors.RayActorError))
 
 
 class ClusterRateBudget:
-    """A RateBudget (see limiter.py) that forwards to the shared JudgeRateBudget actor."""
+    """A RateBudget (see limiter.py) that forwards to the shared JudgeRateBudget actor.
 
-    def __init__(self, actor: Any) -> None:
+    The budget is best effort, never a reason for a row to fail: if its actor dies (killed,
+    its node lost, an idle exit racing a slow user), the next acquire makes it again by name
+    (every judge actor that notices joins the same new one) and reports again the provider
+    limits it had passed on. Without `spec`, or after MAX_REMAKES, this process paces on its
+    own `rate_share` of the configured limits instead, with a warning.
+    """
+
+    def __init__(
+        self,
+        actor: Any,
+        spec: RubricJudgeSpec | None = None,
+        base_url: str | None = None,
+        rate_share: float = 1.0,
+    ) -> None:
         self.actor = actor
+        self._spec = spec
+        self._base_url = base_url
+        self._share = rate_share
+        self._local: RateLimiter | None = None
+        self._lowered: tuple[float | None, float | None] | None = None
+        self._remakes = 0
+        self._lock: asyncio.Lock | None = None
 
     async def acquire(self, tokens: int) -> None:
-        await self.actor.acquire.remote(tokens)
+        while self._local is None:
+            actor = self.actor
+            try:
+                await actor.acquire.remote(tokens)
+                return
+            except _actor_errors() as error:
+                await self._replace(actor, error)
+        await self._local.acquire(tokens)
+
+    async def _replace(self, dead: Any, error: Exception) -> None:
+        """Make the budget again, or fall back to a local limiter; once per dead actor."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self.actor is not dead or self._local is not None:
+                return  # another waiter already replaced it
+            what = f"{type(error).__name__}"
+            if self._spec is not None and self._remakes < MAX_REMAKES:
+                self._remakes += 1
+                try:
+                    self.actor = await remake_rate_budget(self._spec, self._base_url)
+                except Exception as remake_error:  # fall through to the local limiter
+                    what = f"{what}, then making it again: {type(remake_error).__name__}"
+                else:
+                    if self._lowered is not None:
+                        self.actor.lower_limits.remote(*self._lowered)
+                    logger.warning("judge rate budget was lost (%s); made it again", what)
+                    return
+            spec = self._spec
+            rpm = spec.requests_per_minute if spec is not None else None
+            tpm = spec.tokens_per_minute if spec is not None else None
+            self._local = RateLimiter(paced(rpm, self._share), paced(tpm, self._share))
+            if self._lowered is not None:
+                self._local.lower_limits(*self._scaled(self._lowered))
+            logger.warning(
+                "judge rate budget was lost (%s); this judge actor now paces alone at %.0f%% "
+                "of the configured limits",
+                what,
+                100 * self._share,
+            )
+
+    def _scaled(self, limits: tuple[float | None, float | None]) -> tuple[float | None, ...]:
+        return tuple(None if limit is None else limit * self._share for limit in limits)
 
     def slow_down(self, delay_s: float) -> None:
+        if self._local is not None:
+            self._local.slow_down(delay_s)
+            return
         self.actor.slow_down.remote(delay_s)  # fire and forget: the pause is best effort
 
     def lower_limits(
         self, requests_per_minute: float | None, tokens_per_minute: float | None
     ) -> None:
+        self._lowered = (requests_per_minute, tokens_per_minute)
+        if self._local is not None:
+            self._local.lower_limits(*self._scaled(self._lowered))
+            return
         self.actor.lower_limits.remote(requests_per_minute, tokens_per_minute)
 
 
@@ -115,19 +248,14 @@ def budget_name(spec: RubricJudgeSpec, base_url: str | None) -> str:
     return "judge-budget-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def get_rate_budget(
+def _budget_handle(
     spec: RubricJudgeSpec,
     base_url: str | None,
     burst_s: float = 1.0,
     idle_exit_s: float = IDLE_EXIT_S,
+    orphan_exit_s: float = ORPHAN_EXIT_S,
 ) -> Any:
-    """The cluster's budget actor for this judge, created on first use.
-
-    A second campaign on the same cluster and endpoint joins the same budget; if it asks for
-    lower limits, the budget lowers to them (it never rises while shared). `burst_s` is how
-    many seconds of the rate may go out at once. Call release_rate_budget when done; the
-    actor exits `idle_exit_s` after its last user releases it.
-    """
+    """The named budget actor, created with the spec's limits unless it exists already."""
     import ray
 
     options = {
@@ -138,22 +266,66 @@ def get_rate_budget(
         "max_concurrency": BUDGET_MAX_CONCURRENCY,
         "num_cpus": 0,
     }
+    limits = (spec.requests_per_minute, spec.tokens_per_minute)
+    return (
+        ray.remote(JudgeRateBudget)
+        .options(**options)
+        .remote(*limits, idle_exit_s, burst_s, orphan_exit_s)
+    )
+
+
+def get_rate_budget(
+    spec: RubricJudgeSpec,
+    base_url: str | None,
+    burst_s: float = 1.0,
+    idle_exit_s: float = IDLE_EXIT_S,
+    orphan_exit_s: float = ORPHAN_EXIT_S,
+) -> Any:
+    """The cluster's budget actor for this judge, created on first use.
+
+    A second campaign on the same cluster and endpoint joins the same budget, which then
+    paces at that campaign's configured limits (see JudgeRateBudget.configure). `burst_s` is
+    how many seconds of the rate may go out at once. Call release_rate_budget when done; the
+    actor exits `idle_exit_s` after its last user releases it, or `orphan_exit_s` after its
+    last use if a user never does (its driver was killed).
+
+    Detached, not owned by this driver: a budget owned by one campaign's driver would die
+    with it under a second campaign still using it.
+    """
+    import ray
+
     for attempt in range(GET_ATTEMPTS):
-        actor = (
-            ray.remote(JudgeRateBudget)
-            .options(**options)
-            .remote(spec.requests_per_minute, spec.tokens_per_minute, idle_exit_s, burst_s)
-        )
+        actor = _budget_handle(spec, base_url, burst_s, idle_exit_s, orphan_exit_s)
         try:
             ray.get(actor.attach.remote())
-        except ray.exceptions.RayActorError:
+        except _actor_errors():
             # It exited (idle) just as we found it; its name frees shortly, so try again.
             if attempt == GET_ATTEMPTS - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
             continue
-        ray.get(actor.lower_limits.remote(spec.requests_per_minute, spec.tokens_per_minute))
+        ray.get(actor.configure.remote(spec.requests_per_minute, spec.tokens_per_minute))
         return actor
+    raise AssertionError("unreachable")
+
+
+async def remake_rate_budget(spec: RubricJudgeSpec, base_url: str | None) -> Any:
+    """From inside a judge actor: the budget again after its actor died (made if need be).
+
+    The judge actor attaches as a holder, so the budget does not exit `idle_exit_s` after a
+    lull in a slow run; having no way to detach when killed, it leaves the budget to exit
+    `orphan_exit_s` after its last use. A later campaign's limits replace its own anyway.
+    """
+    for attempt in range(GET_ATTEMPTS):
+        actor = _budget_handle(spec, base_url)
+        try:
+            await actor.attach.remote()
+            return actor
+        except _actor_errors():
+            # The dead actor's name may not be free yet; get_if_exists found it again.
+            if attempt == GET_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
 
 

@@ -73,8 +73,12 @@ def estimate_cost(
     rubric = get_rubric(spec.rubric)
     count = prompt = 0
     for instruction, answer in pairs:
+        try:
+            messages = rubric.build_messages(instruction, answer)
+        except Exception:  # a custom rubric's bug: that row will be an unpaid error
+            continue
         count += 1
-        prompt += request_tokens(rubric.build_messages(instruction, answer))
+        prompt += request_tokens(messages)
     expected = count * min(EXPECTED_REPLY_TOKENS, spec.max_tokens)
     most = count * spec.max_tokens
     price = price_of(judges)

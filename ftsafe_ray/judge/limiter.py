@@ -86,8 +86,18 @@ class HeaderHint:
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     try:
         return int(float(headers[name]))
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, OverflowError):  # absent, not a number, or inf
         return None
+
+
+def _limit_header(headers: Mapping[str, str], name: str) -> int | None:
+    """A provider's limit, or None: a limit of zero or less says nothing we can pace at.
+
+    Some gateways send 0 for "unlimited" or "unknown"; paced at, it would divide by zero
+    in every later acquire and fail every remaining request.
+    """
+    value = _int_header(headers, name)
+    return value if value is not None and value > 0 else None
 
 
 def read_ratelimit_headers(headers: Mapping[str, str], next_cost: int) -> HeaderHint:
@@ -104,8 +114,8 @@ def read_ratelimit_headers(headers: Mapping[str, str], next_cost: int) -> Header
         if remaining is not None and reset is not None and remaining < need:
             pause = max(pause or 0.0, reset)
     return HeaderHint(
-        _int_header(lowered, "x-ratelimit-limit-requests"),
-        _int_header(lowered, "x-ratelimit-limit-tokens"),
+        _limit_header(lowered, "x-ratelimit-limit-requests"),
+        _limit_header(lowered, "x-ratelimit-limit-tokens"),
         pause,
     )
 
@@ -180,16 +190,37 @@ class RateLimiter:
     def lower_limits(
         self, requests_per_minute: float | None, tokens_per_minute: float | None
     ) -> None:
-        """Lower a bucket's rate to a provider-reported limit (paced); never raise it."""
+        """Lower a bucket's rate to a provider-reported limit (paced); never raise it.
+
+        A limit of zero or less is no information (see _limit_header), never a rate of zero.
+        """
         now = self._clock()
         for name, limit in (("_requests", requests_per_minute), ("_tokens", tokens_per_minute)):
             rate = paced(limit)
-            if rate is None:
+            if rate is None or rate <= 0:
                 continue
             bucket = getattr(self, name)
             if bucket is None:
                 setattr(self, name, _Bucket(rate, self._burst_s, now))
             elif rate / 60.0 < bucket.rate:
+                bucket.refill(now)
+                bucket.rate = rate / 60.0
+                bucket.capacity = max(bucket.rate * self._burst_s, 1.0)
+                bucket.level = min(bucket.level, bucket.capacity)
+
+    def set_rates(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
+        """Pace at exactly these (already paced) rates, higher or lower; None: unlimited.
+
+        For a new configuration, which replaces any limit lowered from headers before it.
+        """
+        now = self._clock()
+        for name, rate in (("_requests", requests_per_minute), ("_tokens", tokens_per_minute)):
+            bucket = getattr(self, name)
+            if not rate or rate <= 0:
+                setattr(self, name, None)
+            elif bucket is None:
+                setattr(self, name, _Bucket(rate, self._burst_s, now))
+            else:
                 bucket.refill(now)
                 bucket.rate = rate / 60.0
                 bucket.capacity = max(bucket.rate * self._burst_s, 1.0)

@@ -33,7 +33,10 @@ class RubricJudgeActor:
             from ftsafe_ray.judge.rubric_client import RubricJudgeClient
 
             spec, api_key, base_url, rate_share, budget = self._args
-            limiter = None if budget is None else ClusterRateBudget(budget)
+            # rate_share is what the actor paces at alone, should the shared budget be lost.
+            limiter = None
+            if budget is not None:
+                limiter = ClusterRateBudget(budget, spec, base_url, rate_share)
             self._client = RubricJudgeClient(
                 spec, api_key, base_url, rate_share=rate_share, limiter=limiter
             )
@@ -57,7 +60,8 @@ def make_rubric_judge_actor(
     **ray_options: Any,
 ) -> Any:
     """Start a RubricJudgeActor pacing through `budget` (a JudgeRateBudget actor, shared by
-    every judge actor of the cluster) or, without one, its own `rate_share` of the limits.
+    every judge actor of the cluster) or, without one (or once it is lost for good), its own
+    `rate_share` of the limits.
 
     Defaults: `max_concurrency=ACTOR_MAX_CONCURRENCY` and `num_cpus=0` (the actor only waits
     on the network); any Ray actor option passed here overrides them.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +21,7 @@ from ftsafe_ray.judge.limiter import (
     paced,
     read_ratelimit_headers,
 )
-from ftsafe_ray.judge.rubrics import Rubric, get_rubric
+from ftsafe_ray.judge.rubrics import Rubric, get_rubric, parse_reply, rubric_failure
 from ftsafe_ray.judge.verdict import ParsedVerdict
 
 if TYPE_CHECKING:
@@ -108,17 +109,42 @@ def backoff_delay(retry: int, draw: float, retry_after_s: float | None = None) -
     return step * (0.5 + 0.5 * draw)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:_ERROR_TEXT_LIMIT]
+REDACTED = "[api key redacted]"
+# A key short enough to occur by chance in an error text (the "not-needed" placeholder of a
+# keyless local endpoint, a test's "x") is not worth hiding and would garble messages.
+_MIN_SECRET_LENGTH = 8
 
 
-def _classify(error: Exception) -> _Failure:
-    """Map an exception from the openai client to a retry decision."""
+def redact_secret(text: str, secret: str | None) -> str:
+    """`text` without the API key: neither verbatim nor as a provider's masked echo of it.
+
+    An endpoint may quote the key it was sent in its error body (OpenAI answers a 401 with
+    "Incorrect API key provided: sk-ab***...wxyz"), and the openai client puts that body in
+    its exception text; from there it would reach judgments.error, logs and one-line errors.
+    The masked echo still gives away the key's ends, so a masked token ending in the key's
+    last four characters goes too.
+    """
+    if not secret or len(secret) < _MIN_SECRET_LENGTH:
+        return text
+    text = text.replace(secret, REDACTED)
+    masked = re.compile(r"[^\s'\"]*\*{4,}[^\s'\"]*?" + re.escape(secret[-4:]))
+    return masked.sub(REDACTED, text)
+
+
+def _one_line(text: str, secret: str | None = None) -> str:
+    """An error text on one line, cut to a length; the key is taken out before the cut, so a
+    key straddling the limit cannot survive as a fragment."""
+    return " ".join(redact_secret(text, secret).split())[:_ERROR_TEXT_LIMIT]
+
+
+def _classify(error: Exception, secret: str | None = None) -> _Failure:
+    """Map an exception from the openai client to a retry decision; `secret` (the API key)
+    never appears in the failure's message."""
     import openai
 
     if isinstance(error, openai.APIStatusError):
         code = error.status_code
-        text = _one_line(f"HTTP {code} {type(error).__name__}: {error.message}")
+        text = _one_line(f"HTTP {code} {type(error).__name__}: {error.message}", secret)
         retryable = code in RETRYABLE_STATUS or code >= 500
         after = retry_after_seconds(error.response.headers) if retryable else None
         if after is not None and after > MAX_RETRY_AFTER_S:
@@ -129,8 +155,8 @@ def _classify(error: Exception) -> _Failure:
         return _Failure("timeout: no reply within the request timeout", retryable=True)
     if isinstance(error, openai.APIConnectionError):
         cause = error.__cause__ or error
-        return _Failure(_one_line(f"connection error: {cause!r}"), retryable=True)
-    return _Failure(_one_line(f"{type(error).__name__}: {error}"), retryable=False)
+        return _Failure(_one_line(f"connection error: {cause!r}", secret), retryable=True)
+    return _Failure(_one_line(f"{type(error).__name__}: {error}", secret), retryable=False)
 
 
 def truncation_retry_max_tokens(max_tokens: int) -> int | None:
@@ -168,7 +194,7 @@ def result_from_completion(
         raw, verdict = refusal, ParsedVerdict("judge_refused", None, refusal)
     else:
         raw = content or ""
-        verdict = rubric.parse(raw)
+        verdict = parse_reply(rubric, raw)
     usage = completion.usage
     return JudgeResult(
         key=key, status=verdict.status, score=verdict.score, reason=verdict.reason,
@@ -217,6 +243,7 @@ class RubricJudgeClient:
 
         self.spec = spec
         self.rubric = rubric or get_rubric(spec.rubric)
+        self._api_key = api_key  # only to redact it from error texts (see redact_secret)
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key, max_retries=0, timeout=spec.timeout_s
         )
@@ -251,7 +278,7 @@ class RubricJudgeClient:
                     )
                     completion = raw.parse()
                 except Exception as error:  # every failure becomes a row, see _classify
-                    failure = _classify(error)
+                    failure = _classify(error, self._api_key)
                 else:
                     self._adapt(raw.headers, cost)
                     return completion, None, attempts
@@ -277,13 +304,18 @@ class RubricJudgeClient:
     async def judge(self, request: JudgeRequest) -> JudgeResult:
         """Rate one pair; every request ends in exactly one result, errors included."""
         started = self._clock()
-        messages = self.rubric.build_messages(request.instruction, request.answer)
+        try:
+            messages = self.rubric.build_messages(request.instruction, request.answer)
+        except Exception as error:  # a custom rubric's bug fails this row, unpaid; not the batch
+            failure = rubric_failure("build_messages", error)
+            return error_result(request.key, failure, 0, self._clock() - started)
         try:
             completion, failure, attempts = await self._complete(
                 messages, self.spec.max_tokens, self.spec.max_retries
             )
         except Exception as error:  # a bug or limiter failure must still yield this row
-            completion, failure, attempts = None, _Failure(_one_line(repr(error)), False), 0
+            failure = _Failure(_one_line(repr(error), self._api_key), False)
+            completion, attempts = None, 0
         latency = self._clock() - started
         if completion is None:
             assert failure is not None
@@ -315,7 +347,8 @@ class RubricJudgeClient:
                 messages, larger, self.spec.max_retries
             )
         except Exception as error:  # as in judge(): a row must come back whatever happens
-            completion, failure, attempts = None, _Failure(_one_line(repr(error)), False), 0
+            failure = _Failure(_one_line(repr(error), self._api_key), False)
+            completion, attempts = None, 0
         latency = self._clock() - started
         if completion is None:
             assert failure is not None
@@ -346,10 +379,11 @@ class RubricJudgeClient:
             retries = min(self.spec.max_retries, CHECK_MAX_RETRIES)
             completion, failure, _ = await self._complete(messages, 5, retries)
         except Exception as error:
-            raise JudgeError(f"judge check failed: {_one_line(repr(error))}") from None
+            detail = _one_line(repr(error), self._api_key)
+            raise JudgeError(f"judge check failed: {detail}") from None
         if completion is None:
             assert failure is not None
-            where = self._client.base_url
+            where = redact_secret(str(self._client.base_url), self._api_key)
             raise JudgeError(
                 f"judge model {self.spec.model!r} at {where} is unusable: {failure.message}"
             )

@@ -17,13 +17,15 @@ from ftsafe_ray.store import DONE_STATUSES, ParquetTable, ShardBuffer
 RUBRIC_BATCH = 16
 
 
-def verdict_row(result: JudgeResult, generation_key: str, spec, version, cost) -> dict:
+def verdict_row(
+    result: JudgeResult, generation_key: str | None, model: str, version: str, cost: float | None
+) -> dict:
     """The judgments-table row of one rubric result."""
     return {
         "key": result.key,
         "generation_key": generation_key,
         "judge": RUBRIC,
-        "judge_model": spec.model,
+        "judge_model": model,
         "judge_version": version,
         "status": result.status,
         "score": result.score,
@@ -40,6 +42,26 @@ def verdict_row(result: JudgeResult, generation_key: str, spec, version, cost) -
         "specific": result.specific,
         "strongreject_score": result.strongreject_score,
     }
+
+
+class _CacheBuffer(ShardBuffer):
+    """Rows for a shared verdict cache (`judges.cache_dir`), which may be another run's
+    judgments/: spend belongs to the campaign that paid, so a row goes there with cost_usd 0
+    (its tokens kept) and with its real cost only in this run's own judgments. That run's
+    `budget_usd` and `ftsafe status` spend count only what it paid itself.
+
+    A key the cache gained meanwhile (another campaign judged it too) is not written over:
+    its row there may be that run's own, paid one.
+    """
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        super().add([{**row, "cost_usd": 0.0} for row in rows])
+
+    def flush(self) -> None:
+        if self.pending:
+            held = self.table.done_keys()
+            self.pending = [row for row in self.pending if row["key"] not in held]
+        super().flush()
 
 
 class RubricRun:
@@ -63,6 +85,7 @@ class RubricRun:
         self.stop_reason: str | None = None
         self.left_by_budget = 0
         self._cache_buffer: ShardBuffer | None = None
+        self._prices = plan.spec.judges.prices
 
     def requests(self) -> list[JudgeRequest]:
         return [
@@ -76,7 +99,10 @@ class RubricRun:
         from ftsafe_ray.judge.cost import cost_usd, request_tokens
         from ftsafe_ray.judge.rubric_client import truncation_retry_max_tokens
 
-        messages = self.rubric.build_messages(request.instruction, request.answer)
+        try:
+            messages = self.rubric.build_messages(request.instruction, request.answer)
+        except Exception:  # its row will be an error, and no call is made for it
+            return 0.0
         prompt = request_tokens(messages)
         cost = cost_usd(self.price, prompt, self.spec.max_tokens, self.batch) or 0.0
         retry = None if self.batch else truncation_retry_max_tokens(self.spec.max_tokens)
@@ -97,21 +123,29 @@ class RubricRun:
             out.append(request)
         return out
 
-    def write(self, buffer: ShardBuffer, results: list[JudgeResult]) -> None:
+    def write(self, buffer: ShardBuffer, results: list[JudgeResult], job: Any = None) -> None:
+        """Store results; those of a Batch API `job` may include keys no longer to do, which
+        are labelled from the job's own state (model, version, generation key)."""
         from ftsafe_ray.judge.cost import cost_usd
 
+        model = (job and job.judge_model) or self.spec.model
+        version = (job and job.judge_version) or self.rubric.version
+        price = self.price if model == self.spec.model else self._prices.get(model)
         rows = []
         for result in results:
-            cost = cost_usd(self.price, result.prompt_tokens, result.completion_tokens, self.batch)
-            generation_key = self.todo[result.key]["key"]
-            rows.append(verdict_row(result, generation_key, self.spec, self.rubric.version, cost))
+            cost = cost_usd(price, result.prompt_tokens, result.completion_tokens, self.batch)
+            if result.key in self.todo:
+                generation_key = self.todo[result.key]["key"]
+            else:
+                generation_key = job.generation_keys.get(result.key) if job else None
+            rows.append(verdict_row(result, generation_key, model, version, cost))
             if self.remaining_usd is not None:
                 self.remaining_usd -= cost or 0.0
         buffer.add(rows)
         if self._cache_buffer is not None:
             # Errors are not verdicts: only paid, final rows go to the shared cache.
             self._cache_buffer.add([dict(r) for r in rows if r["status"] in DONE_STATUSES])
-        self.progress.advance(RUBRIC, len(rows))
+        self.progress.advance(RUBRIC, sum(1 for r in results if r.key in self.todo))
 
     def flush(self, buffer: ShardBuffer) -> None:
         buffer.flush()
@@ -125,7 +159,7 @@ class RubricRun:
             with contextlib.ExitStack() as stack:
                 buffer = stack.enter_context(ShardBuffer(self.store.judgments, 64, 10))
                 if shared:
-                    self._cache_buffer = stack.enter_context(ShardBuffer(self.cache, 256, 30))
+                    self._cache_buffer = stack.enter_context(_CacheBuffer(self.cache, 256, 30))
                 count = self._batch(buffer) if self.batch else self._online(buffer)
         finally:
             self._cache_buffer = None
@@ -151,8 +185,9 @@ class RubricRun:
             # Recover first: a job that was never created gives its keys back to `fresh`.
             pending = [j for j in map(judge.recover, judge.pending()) if j is not None]
             in_jobs = {key for job in pending for key in job.keys}
+            stored = self.store.judgments.done_keys()
             for job in pending:
-                if not set(job.keys) & set(self.todo):  # its rows were stored before a crash
+                if set(job.keys) <= stored:  # its rows were stored before a crash
                     job.status = "ingested"
                     job.save(judge.state_dir)
             pending = [job for job in pending if job.status != "ingested"]
@@ -160,14 +195,18 @@ class RubricRun:
             fresh = [r for r in requests if r.key not in in_jobs]
             # Jobs already submitted will be billed: count them against the budget first.
             reserved = sum(self.max_cost(r) for r in requests if r.key in in_jobs)
-            jobs = pending + judge.submit(self.affordable(fresh, reserved))
-            ingest = [0]
+            generation_keys = {key: row["key"] for key, row in self.todo.items()}
+            jobs = pending + judge.submit(self.affordable(fresh, reserved), generation_keys)
+            self.write(buffer, judge.unbuildable)
+            ingest = [len(judge.unbuildable)]
 
-            def on_results(results: list[JudgeResult]) -> None:
-                mine = [r for r in results if r.key in self.todo]
-                self.write(buffer, mine)
+            def on_results(job: Any, results: list[JudgeResult]) -> None:
+                # Every paid result is kept, to do or not (a spec change or a restart may have
+                # taken its key off the list); only a verdict stored already is not written again.
+                new = [r for r in results if r.key in self.todo or r.key not in stored]
+                self.write(buffer, new, job)
                 self.flush(buffer)  # a job's rows are stored before it is marked ingested
-                ingest[0] += len(mine)
+                ingest[0] += sum(1 for r in results if r.key in self.todo)
 
             judge.collect(jobs, on_results)
             return ingest[0]
@@ -184,8 +223,10 @@ class RubricRun:
             return 0  # nothing left to do, or not one more call fits the budget
         spec, access = self.spec, self.access
         budget = get_rate_budget(spec, access.base_url)
+        # The share is what each actor paces at alone, should the shared budget be lost.
+        share = 1.0 / spec.num_actors
         actors = [
-            make_rubric_judge_actor(spec, access.api_key, access.base_url, budget=budget)
+            make_rubric_judge_actor(spec, access.api_key, access.base_url, share, budget)
             for _ in range(spec.num_actors)
         ]
         try:

@@ -58,6 +58,24 @@ def prompt_fingerprint(rubric: Rubric) -> str:
     return keys.content_key("rubric-probe", {"messages": messages})
 
 
+def rubric_failure(part: str, error: Exception, limit: int = 500) -> str:
+    """One line for a rubric's `build_messages` or `parse` that raised."""
+    return " ".join(f"rubric {part} raised {type(error).__name__}: {error}".split())[:limit]
+
+
+def parse_reply(rubric: Rubric, raw: str) -> ParsedVerdict:
+    """The rubric's reading of a reply. A custom parser that raises (or returns something
+    else) gives an 'unparseable' verdict, so the paid reply is stored with its raw text and
+    is not paid for again; the other rows of its batch are unaffected."""
+    try:
+        verdict = rubric.parse(raw)
+        if not isinstance(verdict, ParsedVerdict):
+            raise TypeError(f"returned {type(verdict).__name__}, not a ParsedVerdict")
+    except Exception as error:
+        return ParsedVerdict("unparseable", None, rubric_failure("parser", error))
+    return verdict
+
+
 def rubric_names() -> set[str]:
     """Names accepted without an import path."""
     return set(BUILTIN_RUBRICS)

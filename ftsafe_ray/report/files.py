@@ -27,6 +27,8 @@ from ftsafe_ray.report.render import (
     main_title,
     table_layout,
 )
+from ftsafe_ray.store.durable import fsync_directory
+from ftsafe_ray.store.private import open_private, private_mkdir
 
 _SKIPPED = {"by", "keyword"}
 # Per phrase set, as `<field>_<set>`: keyword_asr_study, keyword_asr_study_low, ...
@@ -164,12 +166,20 @@ def temporary_sibling(path: Path) -> Path:
 
 def write_atomic(path: Path, text: str) -> Path:
     """Write text to a temporary sibling and rename it over `path`, so readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_mkdir(path.parent)
     tmp = temporary_sibling(path)
     try:
-        with tmp.open("x", encoding="utf-8", newline="") as handle:
+        # Owner-only from creation: reports quote harmful answers (see store/private.py).
+        with os.fdopen(
+            open_private(tmp, exclusive=True), "w", encoding="utf-8", newline=""
+        ) as handle:
             handle.write(text)
+            # Data on disk before the rename, the rename on disk after: a crash leaves the old
+            # file or the new one, never an empty name (see ftsafe_ray.store.durable).
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

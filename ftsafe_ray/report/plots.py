@@ -14,6 +14,7 @@ from typing import Any
 from ftsafe_ray.report.files import temporary_sibling
 from ftsafe_ray.report.metrics import CI, GroupSummary
 from ftsafe_ray.report.render import arm_label, category_table_data, keyword_sets_of
+from ftsafe_ray.store.private import FILE_MODE, private_mkdir
 
 
 def _new_figure() -> Any | None:
@@ -54,10 +55,11 @@ def _errors(values: Sequence[float], cis: Sequence[CI | None]) -> list[list[floa
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_mkdir(path.parent)
     tmp = temporary_sibling(path)
     try:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        os.chmod(tmp, FILE_MODE)  # owner-only before it takes its name: see store/private.py
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

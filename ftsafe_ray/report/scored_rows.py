@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ftsafe_ray.judge.identity import rubric_identity, verdict_key_for
-from ftsafe_ray.spec import RubricJudgeSpec
+from ftsafe_ray.judge.identity import verdict_key_for
 from ftsafe_ray.store import RunStore
 
 LABELS = (
@@ -30,13 +29,16 @@ _ANSWER_COLUMNS = ["key", "prompt", "response", *LABELS]
 
 def scored_rows(
     store: RunStore,
-    rubric: RubricJudgeSpec,
+    rubric: Mapping[str, Any] | None,
     keyword_sets: Mapping[str, Mapping[str, Any]],
     units: Iterable[Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per planned unit with its verdicts; `units` None reports every stored answer.
 
-    `keyword_sets` maps each phrase set's name to its verdict identity. A unit is a mapping of
+    `rubric` is the rubric judge's verdict identity (None: no rubric columns); it is passed
+    in, not rebuilt from the spec, because rebuilding a `module:object` rubric's identity
+    imports that module (see RunStore.freeze_plan). `keyword_sets` maps each phrase set's name
+    to its verdict identity. A unit is a mapping of
     `generation_key` and the LABELS; a planned unit with no stored answer is a row with
     `answered` False and no verdicts.
     """
@@ -49,7 +51,6 @@ def scored_rows(
             ["key", "status", "score", "refused", "degenerate", "strongreject_score"]
         )
     }
-    rubric_id = rubric_identity(rubric)
     rows = []
     for unit in units:
         answer = answers.get(unit["generation_key"])
@@ -62,7 +63,8 @@ def scored_rows(
                 if found is not None:
                     keyword[name] = found["refused"]
                     degenerate = found["degenerate"]
-            verdict = verdicts.get(verdict_key_for(rubric_id, answer))
+            if rubric is not None:
+                verdict = verdicts.get(verdict_key_for(rubric, answer))
         rows.append(
             {
                 **{name: unit.get(name) for name in LABELS},

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+def _check_size(value: object) -> object:
+    """Accept a whole number >= 1 or 'all', and nothing else.
+
+    Checked before pydantic's own parsing because a size is used as a slice bound: -3 would
+    silently train on all but three examples and 0 on none, and pydantic's lax mode would turn
+    true into 1 and 2.5 into an error naming two union branches. One message says what is allowed.
+    """
+    if value == "all" or (type(value) is int and value >= 1):
+        return value
+    raise ValueError("a size is a whole number >= 1 or 'all'")
+
+
+# How many examples to draw from a dataset: a count or every row.
+Size = Annotated[int | Literal["all"], BeforeValidator(_check_size)]
 
 
 class Strict(BaseModel):

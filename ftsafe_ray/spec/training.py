@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ftsafe_ray.spec.common import NAME_PATTERN, Strict
+from ftsafe_ray.spec.common import NAME_PATTERN, Size, Strict
 
 
 class LoraSpec(Strict):
@@ -47,7 +47,7 @@ class AlignMixSpec(Strict):
     """One dataset of an alignment step and how many of its examples to use."""
 
     dataset: str = Field(description="Name of an entry in `datasets`.")
-    size: int | Literal["all"] = "all"
+    size: Size = "all"
 
 
 class AlignSpec(Strict):
@@ -99,7 +99,7 @@ class MixSpec(Strict):
     """A dataset mixed into a fine-tune (e.g. safety examples as a mitigation)."""
 
     dataset: str
-    size: int | Literal["all"] = "all"
+    size: Size = "all"
 
 
 class FinetuneSpec(Strict):
@@ -107,7 +107,7 @@ class FinetuneSpec(Strict):
 
     name: str = Field(pattern=NAME_PATTERN, description="Arm name used in tables.")
     dataset: str = Field(description="Name of an entry in `datasets`.")
-    sizes: tuple[int | Literal["all"], ...] = Field(
+    sizes: tuple[Size, ...] = Field(
         ("all",), min_length=1, description="Examples drawn from the dataset (seeded), or 'all'."
     )
     mix: tuple[MixSpec, ...] = Field(
