@@ -53,12 +53,21 @@ def run(ray, tmp_path: Path, items, deaths: dict[int, int], **settings):
     return results, lost, len(made)
 
 
+@pytest.mark.reliability(
+    fault="A worker actor's process killed (SIGKILL) while it holds work",
+    outcome="a new actor replaces it (bounded) and its items are redone once",
+)
 def test_a_dead_actor_is_replaced_and_its_item_redone(ray_local, tmp_path):
     results, lost, made = run(ray_local, tmp_path, list(range(6)), {3: 1})
     assert results == {i: 2 * i for i in range(6)} and lost == {}
     assert made == 3  # two actors, one replacement
 
 
+@pytest.mark.reliability(
+    fault="A unit that kills its actor every time (out of memory)",
+    outcome="redone once alone, then stored as an error (fine-tune) or left for a rerun "
+    "(generation); the rest carry on",
+)
 def test_an_item_that_kills_every_actor_is_lost_and_the_rest_carry_on(ray_local, tmp_path):
     results, lost, made = run(ray_local, tmp_path, list(range(5)), {2: 99}, in_flight_per_actor=2)
     assert set(results) == {0, 1, 3, 4} and set(lost) == {2}
@@ -66,6 +75,10 @@ def test_an_item_that_kills_every_actor_is_lost_and_the_rest_carry_on(ray_local,
     assert made == 2 + MAX_TRIES
 
 
+@pytest.mark.reliability(
+    fault="Every actor replacement used up",
+    outcome="the remaining items are reported lost, not waited for",
+)
 def test_no_actor_left_loses_the_remaining_items(ray_local, tmp_path):
     results, lost, _ = run(ray_local, tmp_path, [1, 2, 3], {1: 99}, num_actors=1, max_restarts=1)
     assert results == {}
@@ -78,6 +91,10 @@ def test_a_user_error_from_a_task_is_raised_as_itself(ray_local, tmp_path):
         run(ray_local, tmp_path, [1, -1, 2], {})
 
 
+@pytest.mark.reliability(
+    fault="The FineTuner process killed by PID mid-training",
+    outcome="restarted, the unit retrained once, every adapter lands",
+)
 @pytest.mark.slow
 def test_a_fine_tune_actor_killed_mid_unit_is_restarted_and_the_unit_redone(
     ray_local, tiny_model_dir, tmp_path

@@ -41,6 +41,10 @@ def rates(ray, budget) -> tuple[float | None, float | None]:
     return stats["requests_per_minute"], stats["tokens_per_minute"]
 
 
+@pytest.mark.reliability(
+    fault="The cluster rate-budget actor killed mid-run",
+    outcome="made again (or local pacing); no verdict becomes an error",
+)
 def test_a_killed_budget_actor_is_made_again_and_no_row_fails(judge_server, ray_local):
     spec = RubricJudgeSpec(
         model="test-judge", requests_per_minute=6000, max_tokens=64, max_retries=0
@@ -67,6 +71,10 @@ def test_a_killed_budget_actor_is_made_again_and_no_row_fails(judge_server, ray_
     assert stats["requests_per_minute"] == pytest.approx(6000 * PACE_FRACTION)
 
 
+@pytest.mark.reliability(
+    fault="The driver killed while the detached budget actor lives",
+    outcome="the budget actor exits once unused",
+)
 def test_a_budget_whose_driver_was_killed_exits_once_unused(ray_local):
     spec = RubricJudgeSpec(model="orphaned", requests_per_minute=600)
     budget = get_rate_budget(spec, NOWHERE, idle_exit_s=0.1, orphan_exit_s=3.0)
@@ -82,6 +90,10 @@ def test_a_budget_whose_driver_was_killed_exits_once_unused(ray_local):
     release_rate_budget(fresh)
 
 
+@pytest.mark.reliability(
+    fault="A campaign raising its provider limits on a cluster that ran an older one",
+    outcome="the new configured limits replace the old and learned ones",
+)
 def test_a_new_campaigns_configured_limits_replace_older_and_learned_ones(ray_local):
     first_spec = RubricJudgeSpec(model="reconfigured", requests_per_minute=600)
     first = get_rate_budget(first_spec, NOWHERE, idle_exit_s=0.2)

@@ -100,6 +100,10 @@ def test_good_verdicts_in_request_order(judge_server):
     assert sent.headers["authorization"] == "Bearer test-key"
 
 
+@pytest.mark.reliability(
+    fault="A malformed judge verdict",
+    outcome="stored as unparseable with the raw reply; never guessed",
+)
 def test_malformed_verdict_is_kept_as_an_unparseable_row(judge_server):
     judge_server.set_behaviour(malformed())
     [result] = judge_all(judge_server, [request(0)])
@@ -115,6 +119,10 @@ def test_judge_refusal_is_flagged(judge_server):
     assert result.raw.startswith("I'm sorry")
 
 
+@pytest.mark.reliability(
+    fault="A judge reply cut off at max_tokens",
+    outcome="retried once with twice the room, else stored truncated",
+)
 def test_a_reply_cut_off_twice_is_stored_truncated_after_one_larger_retry(judge_server):
     judge_server.set_behaviour(truncated())
     [result] = judge_all(judge_server, [request(0)])
@@ -156,6 +164,10 @@ def test_a_truncated_reply_is_never_read_even_if_its_text_parses(judge_server):
     ("reply", "expected_delay"),
     [(rate_limited(retry_after="7"), 7.0), (rate_limited(None, retry_after_ms="1500"), 1.5)],
 )
+@pytest.mark.reliability(
+    fault="The judge endpoint answers 429 with Retry-After",
+    outcome="waits as asked, through the rate budget, then succeeds",
+)
 def test_429_honours_retry_after_then_succeeds(judge_server, reply, expected_delay):
     judge_server.set_behaviour([reply])
     sleeps, limiter = Sleeps(), RecordingLimiter()
@@ -168,6 +180,10 @@ def test_429_honours_retry_after_then_succeeds(judge_server, reply, expected_del
     assert len(judge_server.chat_requests) == 2
 
 
+@pytest.mark.reliability(
+    fault="The judge endpoint answers 500 every time",
+    outcome="bounded retries, then an error row (retried only with --retry-failed)",
+)
 def test_server_errors_give_up_after_max_retries(judge_server):
     judge_server.set_behaviour(server_error())
     sleeps, limiter = Sleeps(), RecordingLimiter()
@@ -180,6 +196,10 @@ def test_server_errors_give_up_after_max_retries(judge_server):
     assert limiter.pauses == []
 
 
+@pytest.mark.reliability(
+    fault="The judge endpoint hangs",
+    outcome="times out, retries, then an error row",
+)
 def test_hang_times_out_is_retried_then_errors(judge_server):
     judge_server.set_behaviour(hang(3.0))
     spec = make_spec(timeout_s=0.3, max_retries=1)
@@ -241,6 +261,10 @@ def test_slot_is_released_while_a_request_waits_to_retry(judge_server):
     assert ["instruction 0" in s for s in sent] == [True, False, True]
 
 
+@pytest.mark.reliability(
+    fault="A mix of 429s, 500s, hangs and bad verdicts",
+    outcome="every request ends in exactly one row",
+)
 def test_every_request_ends_in_exactly_one_result(judge_server):
     script = [server_error(), malformed(), rate_limited("0.01"), judge_refusal(), unauthorized()]
     judge_server.set_behaviour(script * 3)
@@ -333,6 +357,10 @@ def test_verdict_reply_helper_scores_explicitly(judge_server):
     "limits",
     [("0", "90000"), ("600", "0"), ("-1", "-1"), ("abc", "inf")],
     ids=["requests-0", "tokens-0", "negative", "unreadable"],
+)
+@pytest.mark.reliability(
+    fault="Zero or unreadable rate-limit headers from a real endpoint",
+    outcome="no row fails",
 )
 def test_zero_or_unreadable_limit_headers_fail_no_row(judge_server, limits):
     # A gateway answering x-ratelimit-limit-*: 0 (or nonsense) once divided every later

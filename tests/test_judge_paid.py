@@ -50,6 +50,10 @@ def by_generation(store) -> dict[str, dict]:
     return {g["key"]: g for g in store.generations.rows()}
 
 
+@pytest.mark.reliability(
+    fault="A custom rubric whose parser raises (online and Batch API)",
+    outcome="only its replies become unparseable rows, raw reply kept; a rerun pays nothing",
+)
 @pytest.mark.parametrize("mode", ["online", "batch"])
 def test_a_rubric_that_raises_fails_only_its_own_rows(tmp_path, judge_server, ray_local, mode):
     plan = make_plan(
@@ -89,6 +93,10 @@ def test_a_rubric_that_raises_fails_only_its_own_rows(tmp_path, judge_server, ra
     assert len(judge_server.batches) == (paid if mode == "batch" else 0)
 
 
+@pytest.mark.reliability(
+    fault="Batch API results for keys no longer on the to-do list, or a crash after ingest",
+    outcome="every paid verdict is stored, none twice",
+)
 def test_batch_results_whose_keys_left_the_todo_list_are_kept(tmp_path, judge_server):
     plan = make_plan(tmp_path, judge_server.base_url, n=6, mode="batch", batch_poll_s=0.01)
     store = store_answers(plan)
@@ -171,6 +179,10 @@ def status_spend(capsys, run_dir) -> list[str]:
     return [line for line in capsys.readouterr().out.splitlines() if "spend" in line]
 
 
+@pytest.mark.reliability(
+    fault="judges.cache_dir pointing at another run's judgments",
+    outcome="each run's spend and budget count only what it paid",
+)
 def test_a_cache_in_another_runs_judgments_keeps_each_runs_spend_its_own(
     tmp_path, judge_server, ray_local, capsys
 ):

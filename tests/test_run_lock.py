@@ -61,6 +61,10 @@ def holder(tmp_path):
     driver.wait(timeout=30)
 
 
+@pytest.mark.reliability(
+    fault="A second driver on a run directory in use",
+    outcome="one-line error naming the holder's pid, host, start and campaign; nothing written",
+)
 def test_a_second_driver_gets_one_line_naming_the_first(tmp_path, holder):
     run_dir = tmp_path / "run"
     with pytest.raises(StoreError) as refused:
@@ -76,6 +80,10 @@ def test_a_second_driver_gets_one_line_naming_the_first(tmp_path, holder):
     assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == holder.pid
 
 
+@pytest.mark.reliability(
+    fault="The driver killed with SIGKILL, then rerun",
+    outcome="its lock is taken over at once (flock dies with its holder)",
+)
 def test_the_lock_of_a_killed_driver_is_taken_over(tmp_path, holder):
     run_dir = tmp_path / "run"
     holder.send_signal(signal.SIGKILL)
@@ -95,6 +103,10 @@ def test_a_driver_that_finishes_lets_the_next_one_in(tmp_path, holder):
     RunLock(tmp_path / "run", "camp-b").acquire().release()
 
 
+@pytest.mark.reliability(
+    fault="A run ending in an exception or Ctrl-C",
+    outcome="the run directory lock is released",
+)
 @pytest.mark.parametrize("interruption", [RuntimeError, KeyboardInterrupt])
 def test_the_lock_is_released_however_the_run_ends(tmp_path, interruption):
     run_dir = tmp_path / "run"
@@ -107,6 +119,10 @@ def test_the_lock_is_released_however_the_run_ends(tmp_path, interruption):
     assert driver.communicate(timeout=60)[0].strip() == "won"
 
 
+@pytest.mark.reliability(
+    fault="Several drivers started at the same moment",
+    outcome="exactly one runs; the others get the one-line error",
+)
 def test_drivers_starting_together_get_exactly_one_winner(tmp_path):
     release = tmp_path / "release"
     drivers = [start_driver(tmp_path / "run", f"camp-{i}", release) for i in range(4)]

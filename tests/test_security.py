@@ -59,6 +59,10 @@ def assert_owner_only(root: Path) -> None:
     assert not wrong, f"not owner-only under {root}: {wrong}"
 
 
+@pytest.mark.reliability(
+    fault="A shared machine (umask 022)",
+    outcome="run directory, adapters and merges are owner-only (0700/0600)",
+)
 def test_store_adapters_and_aligned_models_are_owner_only(
     tmp_path, tiny_model_dir, shared_machine_umask
 ):
@@ -124,6 +128,10 @@ def test_a_run_directory_made_before_keeps_the_mode_its_owner_gave_it(tmp_path):
     assert stat.S_IMODE((run_dir / "generations").stat().st_mode) == 0o700
 
 
+@pytest.mark.reliability(
+    fault="An endpoint that echoes the API key in its error",
+    outcome="the key is redacted from every stored error",
+)
 def test_judge_errors_never_quote_the_api_key(judge_server):
     spec = RubricJudgeSpec(model="test-judge", max_retries=0, timeout_s=5.0, max_tokens=64)
     echo = f"Incorrect API key provided: {SENTINEL}; also known as {MASKED}."
@@ -155,6 +163,10 @@ def test_judge_errors_never_quote_the_api_key(judge_server):
         assert "sk-S" not in text and "*7890" not in text, text
 
 
+@pytest.mark.reliability(
+    fault="`ftsafe report` on someone else's run directory naming a rubric module",
+    outcome="nothing is imported from it",
+)
 def test_report_imports_no_rubric_module_named_by_the_run_directory(tmp_path, monkeypatch):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
@@ -228,6 +240,10 @@ def test_report_imports_no_rubric_module_named_by_the_run_directory(tmp_path, mo
     assert "rubric verdicts not shown" in " ".join(done.stdout.split())
 
 
+@pytest.mark.reliability(
+    fault="A run with a secret API key",
+    outcome="the key appears in no file of the run directory and no line of output",
+)
 @pytest.mark.slow
 def test_the_api_key_reaches_no_file_and_no_output_of_a_run(
     tmp_path, tiny_model_dir, judge_server, ray_local, capfd, monkeypatch, shared_machine_umask

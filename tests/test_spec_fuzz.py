@@ -75,6 +75,10 @@ def test_the_demo_is_valid():
         max_size=3,
     )
 )
+@pytest.mark.reliability(
+    fault="A hand-edited campaign file with any field removed, retyped or added (hypothesis)",
+    outcome="it validates or gets SpecError lines naming the file and field; never a traceback",
+)
 def test_every_mutation_validates_or_gets_one_clear_error(mutations):
     spec: Any = DEMO
     for path, action, value in mutations:

@@ -83,6 +83,10 @@ def at(second: int) -> datetime:
     return datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=second)
 
 
+@pytest.mark.reliability(
+    fault="An error row written after a success for the same key (a failed retry, a second driver)",
+    outcome="the finished row stays the row of record",
+)
 def test_an_error_after_a_success_never_masks_it(tmp_path):
     store = RunStore(tmp_path)
     store.judgments.write([{"key": "a", "status": "ok", "score": 4, "created_at": at(1)}])
@@ -151,6 +155,10 @@ def test_winner_per_key_matches_the_rule_on_a_large_shuffled_table(tmp_path):
     }
 
 
+@pytest.mark.reliability(
+    fault="A shard emptied or torn (power loss, full disk)",
+    outcome="skipped with one warning naming the file; the other rows read; its rows are redone",
+)
 @pytest.mark.parametrize("damage", ["half", "empty"])
 def test_a_damaged_shard_is_skipped_with_one_warning_naming_it(tmp_path, damage):
     store = RunStore(tmp_path)
@@ -189,6 +197,10 @@ write_atomic(root / "report" / "summary.md", "placeholder")
 """
 
 
+@pytest.mark.reliability(
+    fault="Power loss just after a write",
+    outcome="each shard and JSON file is fsynced before its atomic rename, its directory after",
+)
 def test_every_rename_follows_an_fsync_of_its_file_and_precedes_one_of_its_directory(tmp_path):
     strace = shutil.which("strace")
     if strace is None:
