@@ -69,3 +69,55 @@ def test_plan_pins_the_bases_revision_but_not_the_aligned_merges(tmp_path, tiny_
     # the merge is a local directory this run wrote: it has no hub revisions
     assert aligned.model_path("tiny") != str(tiny_model_dir)
     assert aligned.model_revision("tiny") is None
+
+
+def test_stage_check_on_a_generator_actor_stops_on_zero_weights_and_records_the_rest(
+    tmp_path, tiny_model_dir, ray_local
+) -> None:
+    import io
+    import json
+    import shutil
+
+    import yaml
+
+    from ftsafe_ray.generate.check import CHECKS_FILE
+    from ftsafe_ray.generate.stage import _check_adapters
+    from ftsafe_ray.pipeline import load_plan
+    from ftsafe_ray.progress import PlainProgress
+    from ftsafe_ray.store import RunStore
+    from tests.test_generate_check import peft_adapter, write_campaign
+
+    campaign = write_campaign(tmp_path, tiny_model_dir)
+    spec = yaml.safe_load(campaign.read_text())
+    spec["seeds"] = [1, 2]
+    campaign.write_text(yaml.safe_dump(spec))
+    plan = load_plan(campaign)
+    store = RunStore(tmp_path / "run")
+    store.create()
+    labels = {
+        u.target.adapter_key: f"{u.target.arm}/{u.target.size}/seed{u.target.seed}"
+        for u in plan.generations
+        if not u.target.is_base
+    }
+    first, second = sorted(labels)
+    peft_adapter(tiny_model_dir, store.adapter_dir(first), 0.0)  # never trained
+    peft_adapter(tiny_model_dir, store.adapter_dir(second), 0.1)
+    actor = ray_local.remote(num_cpus=0)(Generator).remote(
+        str(tiny_model_dir), "float32", "transformers", 1
+    )
+    log = io.StringIO()
+    try:
+        with pytest.raises(StageError, match="all-zero LoRA B weights") as caught:
+            _check_adapters(ray_local, actor, plan.generations, plan, store, PlainProgress(log))
+        assert labels[first] in str(caught.value) and labels[second] not in str(caught.value)
+        shutil.rmtree(store.adapter_dir(first))
+        peft_adapter(tiny_model_dir, store.adapter_dir(first), 1e-6)  # keeps the base's answers
+        _check_adapters(ray_local, actor, plan.generations, plan, store, PlainProgress(log))
+    finally:
+        ray_local.kill(actor)
+    recorded = json.loads((store.root / CHECKS_FILE).read_text())
+    assert {key: entry["status"] for key, entry in recorded.items()} == {
+        first: "inconclusive",
+        second: "applied",
+    }
+    assert f"warning: adapter {labels[first]}: effect unproven" in log.getvalue()

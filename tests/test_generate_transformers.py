@@ -122,6 +122,26 @@ def test_mixed_base_and_two_adapters_keep_order(
     assert {by_id[f"c{i}"] for i in range(len(QUESTIONS))} == {COMPLIANCE}
 
 
+def test_next_token_logprobs_are_the_first_greedy_tokens(
+    backend: TransformersBackend, adapters: dict[str, Path]
+) -> None:
+    import math
+
+    base = _requests(None, "b")
+    before = backend.next_token_logprobs(base, 5)
+    mixed = base + _requests(("refuse", adapters["refuse"]), "r")
+    answers = backend.next_token_logprobs(mixed, 5)
+    assert answers[: len(base)] == before  # base rows run with every adapter disabled
+    first = backend.generate(mixed, SamplingSpec(max_new_tokens=1, temperature=0.0))
+    for top, result in zip(answers, first, strict=True):
+        assert len(top) == 5 and 0 < sum(math.exp(v) for v in top.values()) <= 1 + 1e-6
+        values = list(top.values())
+        assert values == sorted(values, reverse=True)
+        best = backend.tokenizer.decode([next(iter(top))], skip_special_tokens=True)
+        assert best == result.text
+    assert answers[len(base) :] != before
+
+
 def test_adapter_cache_is_bounded(tiny_model_dir: Path, adapters: dict[str, Path]) -> None:
     small = TransformersBackend(str(tiny_model_dir), max_adapters=1)
     for name, reply in (("refuse", REFUSAL), ("comply", COMPLIANCE), ("refuse", REFUSAL)):

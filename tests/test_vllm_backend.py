@@ -15,9 +15,10 @@ import pytest
 
 from ftsafe_ray.errors import StageError
 from ftsafe_ray.generate import GenerationRequest, TransformersBackend
-from ftsafe_ray.generate.check import build_probes, unapplied
+from ftsafe_ray.generate.check import MIN_SHIFT_FLOAT32, check_adapters
 from ftsafe_ray.spec import SamplingSpec, VllmSpec
 from tests.fixtures.models import one_torch_thread, with_decoding_defaults
+from tests.test_generate_check import peft_adapter
 from tests.test_generate_transformers import (
     COMPLIANCE,
     GREEDY,
@@ -144,19 +145,40 @@ def test_unservable_adapters_fail_in_one_line(
     assert engine.generate(_requests(), GREEDY)  # the engine still serves
 
 
-def test_adapter_check_catches_a_noop_adapter(
-    engine, reference, adapters: dict[str, Path], zero_adapter: Path
+def test_next_token_logprobs_match_transformers(
+    engine, reference, adapters: dict[str, Path]
 ) -> None:
+    requests = _requests(None, "b") + _requests(("comply", adapters["comply"]), "c")
+    ours = engine.next_token_logprobs(requests, 5)
+    theirs = reference.next_token_logprobs(requests, 5)
+    for mine, other in zip(ours, theirs, strict=True):
+        assert set(mine) == set(other)
+        assert all(abs(mine[token] - other[token]) < 1e-4 for token in mine)
+
+
+def test_adapter_check_on_vllm_stops_zero_weights_and_measures_the_rest(
+    engine, adapters: dict[str, Path], zero_adapter: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    faint = peft_adapter(tiny_model_dir, tmp_path / "faint", 1e-6)  # keeps the base's answers
     conversations = [_chat(q) for q in QUESTIONS]
-    requests, probes = build_probes(
+    names = engine.base_module_names()
+    assert names and "model.layers.0.self_attn.q_proj" in names
+
+    def logprobs(requests):
+        return engine.next_token_logprobs(requests, 10)
+
+    with pytest.raises(StageError, match="all-zero LoRA B weights"):
+        check_adapters([("k-zero", "zero", str(zero_adapter), conversations)], logprobs, names, 1)
+    checks = check_adapters(
         [
-            ("k-zero", "zero", str(zero_adapter), conversations),
+            ("k-faint", "faint", str(faint), conversations),
             ("k-comply", "comply", str(adapters["comply"]), conversations),
-        ]
+        ],
+        logprobs,
+        names,
+        MIN_SHIFT_FLOAT32,
     )
-    assert len(requests) == 3 + 3 + 3  # base rows shared by both adapters
-    for backend in (engine, reference):
-        assert unapplied(probes, backend.generate(requests, GREEDY)) == ["zero"]
+    assert (checks["k-faint"].status, checks["k-comply"].status) == ("inconclusive", "applied")
 
 
 def test_models_generation_config_does_not_change_answers(

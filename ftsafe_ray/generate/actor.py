@@ -40,6 +40,18 @@ class Generator:
             raise self._init_error
         return self.backend.generate(requests, sampling, batch_size=batch_size, seed=seed)
 
+    def next_token_logprobs(self, requests: list[Any], k: int) -> list[dict[int, float]]:
+        """Per request, the k most likely first answer tokens and their log-probabilities."""
+        if self._init_error is not None:
+            raise self._init_error
+        return self.backend.next_token_logprobs(requests, k)
+
+    def base_module_names(self) -> set[str] | None:
+        """The base model's module paths (None when they cannot be read), for adapter checks."""
+        if self._init_error is not None:
+            raise self._init_error
+        return self.backend.base_module_names()
+
 
 def _start_backend(
     model_path: str, dtype: str, backend: str, vllm_settings: Any, revision: str | None

@@ -1,13 +1,18 @@
-"""Check a LoRA adapter directory before an engine loads it: rank, shape, base model."""
+"""Check a LoRA adapter directory before an engine loads it: rank, shape, base model, weights."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from ftsafe_ray.errors import StageError
+
+# peft's saved names of B weights: "<module>.lora_B.weight"; on embeddings "...lora_embedding_B"
+_LORA_B = re.compile(r"\.lora(_embedding)?_B(\.|$)")
 
 
 @dataclass(frozen=True)
@@ -78,3 +83,82 @@ def same_base(recorded: str | None, served: str) -> bool:
     if os.path.isdir(recorded) and os.path.isdir(served):
         return os.path.realpath(recorded) == os.path.realpath(served)
     return recorded.rstrip("/") == served.rstrip("/")
+
+
+def checkpoint_module_names(model_path: str, revision: str | None = None) -> set[str] | None:
+    """Module paths of a base model read from its safetensors key names, without loading weights.
+
+    A hub id is looked up in the local hub cache only (the engine downloaded it there); None when
+    no safetensors checkpoint is found, so callers can tell "unknown" from "no such module".
+    """
+    from safetensors import safe_open
+
+    folder = Path(model_path)
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(model_path, revision=revision, local_files_only=True))
+        except Exception:  # any hub failure means only that the names are unknown
+            return None
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        keys = set(json.loads(index.read_text()).get("weight_map", {}))
+    else:
+        keys = set()
+        for file in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(file), framework="pt") as handle:
+                keys.update(handle.keys())
+    # a parameter key is "<module path>.<parameter>"; the module path is what peft matches
+    return {key.rsplit(".", 1)[0] for key in keys if "." in key} or None
+
+
+def unmatched_targets(path: str | Path, module_names: Collection[str]) -> list[str]:
+    """target_modules entries of an adapter that match no module of the base, as peft matches.
+
+    peft reads a string as a regular expression over full module paths and a list entry as a
+    module-path suffix; "all-linear" names no module and so cannot be checked here.
+    """
+    targets = json.loads((Path(path) / "adapter_config.json").read_text()).get("target_modules")
+    if not targets:
+        return []
+    if isinstance(targets, str):
+        if targets == "all-linear" or any(re.fullmatch(targets, n) for n in module_names):
+            return []
+        return [targets]
+    return [
+        entry
+        for entry in targets
+        if entry != "all-linear"
+        and not any(n == entry or n.endswith("." + entry) for n in module_names)
+    ]
+
+
+def lora_b_state(path: str | Path) -> str:
+    """'trained' when some LoRA B weight is non-zero, 'zero' when all are, 'missing' if none.
+
+    peft initialises every B matrix to zero, so an adapter whose B weights are all zero adds
+    exactly nothing to the base model: it was never trained, or its training did not update it.
+    """
+    import torch
+
+    folder = Path(path)
+    found = False
+    if (folder / "adapter_model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
+            names = handle.keys()  # safe_open handles are not iterable themselves
+            for key in names:
+                if _LORA_B.search(key):
+                    found = True
+                    if bool(torch.any(handle.get_tensor(key) != 0)):
+                        return "trained"
+    elif (folder / "adapter_model.bin").is_file():
+        weights = torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
+        for key, tensor in weights.items():
+            if _LORA_B.search(key):
+                found = True
+                if bool(torch.any(tensor != 0)):
+                    return "trained"
+    return "zero" if found else "missing"

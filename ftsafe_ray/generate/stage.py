@@ -148,21 +148,25 @@ def _first_then(first: Any, make: Any) -> Any:
 
 
 def _check_adapters(ray, actor, units, plan, store, progress) -> None:
-    """Stop before any answer is stored (or judged) if an adapter answers exactly like the base."""
+    """Before any answer is stored (or judged): stop on adapters proven broken by their files,
+    and warn on (and record in adapter_checks.json) those whose effect cannot be measured."""
     from ftsafe_ray.generate.check import (
         CHECK_PROMPTS,
-        build_probes,
-        check_sampling,
-        raise_if_unapplied,
-        unapplied,
+        CHECKS_FILE,
+        TOP_K,
+        check_adapters,
+        min_shift,
+        record_checks,
     )
 
     conversations: dict[str, list] = {}
     labels: dict[str, str] = {}
+    model_name = None
     for unit in units:
         target = unit.target
         if target.is_base:
             continue
+        model_name = target.model
         labels[target.adapter_key] = f"{target.arm}/{target.size}/seed{target.seed}"
         conversations.setdefault(target.adapter_key, []).append(unit.messages)
     if not conversations:
@@ -171,11 +175,20 @@ def _check_adapters(ray, actor, units, plan, store, progress) -> None:
         (key, labels[key], str(store.adapter_dir(key)), found[:CHECK_PROMPTS])
         for key, found in conversations.items()
     ]
-    requests, probes = build_probes(adapters)
-    sampling = check_sampling(plan.spec.sampling)
-    results = _get(ray, actor.generate.remote(requests, sampling, plan.spec.generation.batch_size))
-    raise_if_unapplied(unapplied(probes, results), min(len(c) for c in conversations.values()))
-    progress.log(f"generate: {len(probes)} adapter(s) change the base model's answers (checked)")
+    checks = check_adapters(
+        adapters,
+        lambda requests: _get(ray, actor.next_token_logprobs.remote(requests, TOP_K)),
+        _get(ray, actor.base_module_names.remote()),
+        min_shift(plan.model_spec(model_name).dtype),
+    )
+    record_checks(store.root / CHECKS_FILE, checks)
+    unsure = [check for check in checks.values() if check.status == "inconclusive"]
+    for check in unsure:
+        progress.log(f"generate: warning: adapter {check.label}: effect unproven, {check.detail}")
+    progress.log(
+        f"generate: {len(checks) - len(unsure)} of {len(checks)} adapter(s) change the base "
+        f"model's next-token distribution (checked; {CHECKS_FILE})"
+    )
 
 
 def _drain(make_actor, batches, plan, store, buffer, progress, num_batches) -> int:

@@ -35,6 +35,8 @@ class TransformersBackend:
         self.max_adapters = max(1, max_adapters)
         self._peft: Any = None
         self._adapters: OrderedDict[str, tuple[str, str]] = OrderedDict()  # name -> slot, path
+        # taken before peft injects its lora_A/lora_B modules into the same model object
+        self._module_names = {name for name, _ in self.model.named_modules() if name}
 
     @property
     def loaded_adapters(self) -> list[str]:
@@ -69,6 +71,34 @@ class TransformersBackend:
                         requests[i].request_id, text, n_prompt, n_out, reason
                     )
         return [r for r in results if r is not None]
+
+    def next_token_logprobs(
+        self, requests: list[GenerationRequest], k: int = 10
+    ) -> list[dict[int, float]]:
+        """Per request, the k most likely first answer tokens and their log-probabilities.
+
+        One unpadded forward pass per request: the probes are few, and left padding would shift
+        position ids (a forward call does not derive them from the mask as generate does).
+        """
+        import torch
+
+        device = next(self.model.parameters()).device
+        answers = []
+        for request in requests:
+            name = request.adapter_name
+            if name is None:
+                name = request.adapter_path  # named by path, as in generate
+            model = self._model_for(name, request.adapter_path)
+            ids = torch.tensor([self._prompt_ids(request.messages)], device=device)
+            with torch.inference_mode():
+                logits = model(input_ids=ids).logits[0, -1].float()
+            top = torch.topk(torch.log_softmax(logits, dim=-1), min(k, logits.numel()))
+            answers.append(dict(zip(top.indices.tolist(), top.values.tolist(), strict=True)))
+        return answers
+
+    def base_module_names(self) -> set[str]:
+        """Module paths of the base model as loaded, the names peft matches target_modules to."""
+        return set(self._module_names)
 
     def _prompt_ids(self, messages: tuple[dict, ...] | list[dict]) -> list[int]:
         text = self.tokenizer.apply_chat_template(
@@ -175,7 +205,7 @@ def _token_ids_only(config: Any) -> Any:
 
 
 class _BaseView:
-    """Calls generate on a peft model with every adapter disabled."""
+    """Calls generate (or a forward pass) on a peft model with every adapter disabled."""
 
     def __init__(self, peft_model: Any) -> None:
         self._peft = peft_model
@@ -183,6 +213,10 @@ class _BaseView:
     def generate(self, **kwargs: Any) -> Any:
         with self._peft.disable_adapter():
             return self._peft.generate(**kwargs)
+
+    def __call__(self, **kwargs: Any) -> Any:
+        with self._peft.disable_adapter():
+            return self._peft(**kwargs)
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> list[int]:

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from ftsafe_ray.errors import StageError
-from ftsafe_ray.generate.adapters import validate_for_vllm
+from ftsafe_ray.generate.adapters import checkpoint_module_names, validate_for_vllm
 from ftsafe_ray.generate.requests import GenerationRequest, GenerationResult
 from ftsafe_ray.spec import SamplingSpec, VllmSpec
 
@@ -40,6 +40,7 @@ class VllmBackend:
             raise StageError(f"{INSTALL_HINT} ({error})") from None
 
         self.model_path = model_path
+        self.revision = revision
         self.settings = settings
         self._adapters: dict[str, tuple[int, str]] = {}  # name -> (lora_int_id, path)
         self._next_id = 1
@@ -69,8 +70,53 @@ class VllmBackend:
         """
         if not requests:
             return []
+        outputs = self._chat(requests, sampling_params(sampling, seed))
+        results = []
+        for request, output in zip(requests, outputs, strict=True):
+            completion = output.outputs[0]
+            results.append(
+                GenerationResult(
+                    request_id=request.request_id,
+                    text=completion.text,
+                    num_prompt_tokens=len(output.prompt_token_ids or ()),
+                    num_output_tokens=len(completion.token_ids),
+                    finish_reason="length" if completion.finish_reason == "length" else "stop",
+                )
+            )
+        return results
+
+    def next_token_logprobs(
+        self, requests: list[GenerationRequest], k: int = 10
+    ) -> list[dict[int, float]]:
+        """Per request, the k most likely first answer tokens and their log-probabilities.
+
+        vLLM's default logprobs_mode ("raw_logprobs") takes them from the model's logits before
+        any sampling setting, as the transformers backend does; k is at most the engine's
+        max_logprobs (20 by default).
+        """
+        from vllm import SamplingParams
+
+        if not requests:
+            return []
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=k)
+        outputs = self._chat(requests, params)
+        # greedy: the sampled token is the top-1, so each dict holds exactly the top k
+        return [
+            {int(token): float(lp.logprob) for token, lp in output.outputs[0].logprobs[0].items()}
+            for output in outputs
+        ]
+
+    def base_module_names(self) -> set[str] | None:
+        """Module paths from the served checkpoint's tensor names (None when it cannot be read)."""
+        return checkpoint_module_names(self.model_path, self.revision)
+
+    def close(self) -> None:
+        """Stop the engine's processes now rather than at interpreter exit."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def _chat(self, requests: list[GenerationRequest], params: Any) -> list[Any]:
+        """vLLM's RequestOutput per request, in order, each row on its adapter (or the base)."""
         lora_requests = [self._lora_request(r.adapter_name, r.adapter_path) for r in requests]
-        params = sampling_params(sampling, seed)
         groups = [list(range(len(requests)))]
         if self._base_rows_need_own_call:
             groups = [
@@ -87,23 +133,7 @@ class VllmBackend:
             )
             for i, output in zip(group, answered, strict=True):
                 outputs[i] = output
-        results = []
-        for request, output in zip(requests, outputs, strict=True):
-            completion = output.outputs[0]
-            results.append(
-                GenerationResult(
-                    request_id=request.request_id,
-                    text=completion.text,
-                    num_prompt_tokens=len(output.prompt_token_ids or ()),
-                    num_output_tokens=len(completion.token_ids),
-                    finish_reason="length" if completion.finish_reason == "length" else "stop",
-                )
-            )
-        return results
-
-    def close(self) -> None:
-        """Stop the engine's processes now rather than at interpreter exit."""
-        self.llm.llm_engine.engine_core.shutdown()
+        return outputs
 
     def _lora_request(self, name: str | None, path: str | None) -> Any:
         """The LoRARequest for a row (None for the base), registering new adapters on sight."""

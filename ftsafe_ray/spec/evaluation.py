@@ -104,8 +104,9 @@ class GenerationSpec(Strict):
     num_cpus: float = Field(1.0, ge=0, description="CPUs per generator actor.")
     check_adapters: bool = Field(
         True,
-        description="Before generating, stop if an adapter answers a few prompts exactly "
-        "like the base model (an adapter that was not applied).",
+        description="Before generating, stop on an adapter whose files prove it does nothing "
+        "(all-zero LoRA B, a target module the base lacks); record whether each adapter "
+        "measurably changes the next-token distribution (adapter_checks.json).",
     )
     vllm: VllmSpec = VllmSpec()
 
