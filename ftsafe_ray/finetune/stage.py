@@ -156,7 +156,7 @@ def _train_on_actors(
     actor_class = ray.remote(
         num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
     )(FineTuner)
-    counter = ray.remote(num_cpus=0)(StepCounter).remote()
+    counter: Any = ray.remote(num_cpus=0)(StepCounter).remote()  # type: ignore[attr-defined]
     progress.start(STEPS, total=sum(planned_steps(unit) for unit in units))
     steps_seen = 0
     rows: list[dict[str, Any]] = []

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+FinishReason = Literal["stop", "length"]
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -24,4 +26,4 @@ class GenerationResult:
     text: str
     num_prompt_tokens: int
     num_output_tokens: int
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason

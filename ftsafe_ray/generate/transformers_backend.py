@@ -6,7 +6,7 @@ import hashlib
 from collections import OrderedDict
 from typing import Any
 
-from ftsafe_ray.generate.requests import GenerationRequest, GenerationResult
+from ftsafe_ray.generate.requests import FinishReason, GenerationRequest, GenerationResult
 from ftsafe_ray.spec import SamplingSpec
 
 DEFAULT_MAX_ADAPTERS = 8
@@ -143,7 +143,7 @@ class TransformersBackend:
 
     def _generate_batch(
         self, model: Any, prompts: list[list[int]], sampling: SamplingSpec, seed: int
-    ) -> list[tuple[str, int, int, str]]:
+    ) -> list[tuple[str, int, int, FinishReason]]:
         import torch
 
         tokenizer = self.tokenizer
@@ -162,12 +162,13 @@ class TransformersBackend:
                 generation_config=config,
             )
         new_tokens = output[:, width:].tolist()
-        results = []
+        results: list[tuple[str, int, int, FinishReason]] = []
         for prompt, tokens in zip(prompts, new_tokens, strict=True):
             stop = next((k for k, t in enumerate(tokens) if t in eos_ids), None)
             kept = tokens if stop is None else tokens[: stop + 1]
             text = tokenizer.decode(kept, skip_special_tokens=True)
-            results.append((text, len(prompt), len(kept), "length" if stop is None else "stop"))
+            reason: FinishReason = "length" if stop is None else "stop"
+            results.append((text, len(prompt), len(kept), reason))
         return results
 
 

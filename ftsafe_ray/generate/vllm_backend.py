@@ -126,7 +126,7 @@ class VllmBackend:
         outputs: list[Any] = [None] * len(requests)
         for group in filter(None, groups):
             answered = self.llm.chat(
-                [list(requests[i].messages) for i in group],
+                [list(requests[i].messages) for i in group],  # type: ignore[arg-type]
                 sampling_params=params,
                 lora_request=[lora_requests[i] for i in group],
                 use_tqdm=False,
@@ -139,9 +139,9 @@ class VllmBackend:
         """The LoRARequest for a row (None for the base), registering new adapters on sight."""
         from vllm.lora.request import LoRARequest
 
-        if name is None and path is None:
-            return None
         name = name if name is not None else path
+        if name is None:
+            return None
         known = self._adapters.get(name)
         if known is None or (path is not None and known[1] != path):
             if path is None:

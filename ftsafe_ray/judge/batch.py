@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ftsafe_ray.errors import JudgeError
 from ftsafe_ray.judge.rubric_client import (
@@ -32,7 +32,7 @@ from ftsafe_ray.judge.verdict import ParsedVerdict
 if TYPE_CHECKING:
     from ftsafe_ray.spec import RubricJudgeSpec
 
-ENDPOINT = "/v1/chat/completions"
+ENDPOINT: Literal["/v1/chat/completions"] = "/v1/chat/completions"
 FINISHED = frozenset({"completed", "failed", "expired", "cancelled"})
 STATE_DIR = "judge_batches"
 
@@ -187,6 +187,7 @@ class BatchJudge:
             still = []
             for job in waiting:
                 try:
+                    assert job.batch_id is not None  # only created jobs wait
                     batch = self._client.batches.retrieve(job.batch_id)
                     job.status = batch.status
                     if batch.status not in FINISHED:

@@ -126,9 +126,9 @@ def describe_judgments(rows: Iterable[Mapping[str, Any]]) -> list[str]:
         judge[row.get("status") or "?"] = judge.get(row.get("status") or "?", 0) + 1
         spent += row.get("cost_usd") or 0.0
     lines = []
-    for judge, statuses in sorted(counts.items()):
+    for name, statuses in sorted(counts.items()):
         parts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
-        lines.append(f"{judge} verdicts: {parts}")
+        lines.append(f"{name} verdicts: {parts}")
     if spent:
         lines.append(f"judge spend: ${spent:,.2f}")
     return lines

@@ -55,6 +55,7 @@ def rubric_identity(spec: RubricJudgeSpec) -> dict[str, Any]:
         parts = urlsplit(url.strip())
         host = parts.hostname or ""
         host = f"[{host}]" if ":" in host else host
+        port: int | str | None
         try:
             port = parts.port
         except ValueError:  # not a number: keep it as written, it still names the endpoint

@@ -50,7 +50,7 @@ def estimate_request_tokens(messages: Iterable[Mapping[str, str]], max_tokens: i
     return math.ceil(chars / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS * len(messages) + max_tokens
 
 
-def paced(limit_per_minute: int | None, share: float = 1.0) -> float | None:
+def paced(limit_per_minute: float | None, share: float = 1.0) -> float | None:
     """The rate to pace at for a provider limit: PACE_FRACTION of this process's share of it."""
     if limit_per_minute is None:
         return None

@@ -307,8 +307,8 @@ class RubricJudgeClient:
         try:
             messages = self.rubric.build_messages(request.instruction, request.answer)
         except Exception as error:  # a custom rubric's bug fails this row, unpaid; not the batch
-            failure = rubric_failure("build_messages", error)
-            return error_result(request.key, failure, 0, self._clock() - started)
+            message = rubric_failure("build_messages", error)
+            return error_result(request.key, message, 0, self._clock() - started)
         try:
             completion, failure, attempts = await self._complete(
                 messages, self.spec.max_tokens, self.spec.max_retries

@@ -134,6 +134,6 @@ def load_model_and_tokenizer(
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **pinned)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' stub types .to() for models only
     model.eval()
     return model, tokenizer

@@ -92,7 +92,7 @@ def judge_agreement(
     out = []
     for name, model in sorted(pairs, key=lambda k: (order[k[0]], str(k[1]))):
         both = pairs[(name, model)]
-        keyword, rubric = [k for k, _ in both], [r for _, r in both]
+        keyword_flags, rubric_flags = [k for k, _ in both], [r for _, r in both]
         n = len(both)
         agree = sum(k == r for k, r in both)
         out.append(
@@ -105,7 +105,7 @@ def judge_agreement(
                 rubric_only_refused=sum(r and not k for k, r in both),
                 neither_refused=sum(not k and not r for k, r in both),
                 observed_agreement=agree / n if n else None,
-                kappa=cohens_kappa(keyword, rubric),
+                kappa=cohens_kappa(keyword_flags, rubric_flags),
             )
         )
     return out
