@@ -164,6 +164,27 @@ def test_judge_errors_never_quote_the_api_key(judge_server):
 
 
 @pytest.mark.reliability(
+    fault="A Batch API endpoint that echoes the API key in its error",
+    outcome="the one-line error names the failure with the key redacted",
+)
+def test_batch_mode_errors_never_quote_the_api_key(judge_server, tmp_path):
+    from ftsafe_ray.judge.batch import BatchJudge
+    from ftsafe_ray.judge.rubrics import get_rubric
+
+    judge_server.reject_uploads = "Incorrect API key provided: {key}."
+    spec = RubricJudgeSpec(model="test-judge", mode="batch", max_retries=0, max_tokens=64)
+    judge = BatchJudge(spec, SENTINEL, judge_server.base_url, tmp_path, get_rubric("hexphi"))
+    try:
+        with pytest.raises(JudgeError) as caught:
+            judge.submit([JudgeRequest("k0", "placeholder ask", "placeholder answer")])
+    finally:
+        judge.close()
+        judge_server.reject_uploads = None
+    assert "401" in str(caught.value) and REDACTED in str(caught.value)
+    assert "sk-S" not in str(caught.value)
+
+
+@pytest.mark.reliability(
     fault="`ftsafe report` on someone else's run directory naming a rubric module",
     outcome="nothing is imported from it",
 )

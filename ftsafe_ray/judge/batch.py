@@ -24,6 +24,7 @@ from ftsafe_ray.judge.rubric_client import (
     JudgeRequest,
     JudgeResult,
     error_result,
+    redact_secret,
     result_from_completion,
 )
 from ftsafe_ray.judge.rubrics import BUILTIN_RUBRICS, Rubric, rubric_failure
@@ -100,6 +101,7 @@ class BatchJudge:
             base_url=base_url, api_key=api_key, max_retries=spec.max_retries, timeout=120.0
         )
         self._sleep = sleep
+        self._api_key = api_key
         # Requests whose messages the rubric could not build: error rows, never submitted.
         self.unbuildable: list[JudgeResult] = []
 
@@ -154,7 +156,7 @@ class BatchJudge:
                 metadata={"ftsafe_job": job.name},
             )
         except Exception as error:
-            detail = " ".join(str(error).split())
+            detail = redact_secret(" ".join(str(error).split()), self._api_key)
             raise JudgeError(
                 f"judges.rubric (batch mode): submitting a batch failed: {detail}; "
                 "check the endpoint supports /v1/files and /v1/batches, or set mode: online"
@@ -197,7 +199,7 @@ class BatchJudge:
                 except JudgeError:
                     raise
                 except Exception as error:
-                    detail = " ".join(str(error).split())
+                    detail = redact_secret(" ".join(str(error).split()), self._api_key)
                     raise JudgeError(
                         f"judges.rubric (batch mode): polling batch {job.batch_id} failed: "
                         f"{detail}; its id is kept in {self.state_dir}, rerun to resume"
