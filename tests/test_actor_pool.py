@@ -156,3 +156,33 @@ def test_a_fine_tune_actor_killed_mid_unit_is_restarted_and_the_unit_redone(
     assert {r["status"] for r in rows} == {"ok"} and len(rows) == 2
     for unit in plan.finetunes:
         assert (store.adapter_dir(unit.key) / "adapter_model.safetensors").is_file()
+
+
+def test_a_lost_fine_tune_is_stored_as_an_error_that_reruns_skip(tmp_path):
+    from ftsafe_ray.finetune.stage import lost_unit_row, pending_finetunes
+    from ftsafe_ray.plan import build_plan
+    from ftsafe_ray.spec import parse_campaign
+    from ftsafe_ray.store import RunStore
+    from tests.fixtures.campaign_files import write_benchmark, write_chats
+
+    write_chats(tmp_path / "d.jsonl", [(f"task {i}", f"answer {i}") for i in range(4)])
+    write_benchmark(tmp_path / "b.jsonl", [("c", "placeholder request")])
+    spec = parse_campaign(
+        {
+            "name": "lost",
+            "output_dir": "run",
+            "models": [{"name": "m", "path": "/nonexistent/model"}],
+            "datasets": [{"name": "d", "source": "d.jsonl"}],
+            "finetunes": [{"name": "a", "dataset": "d", "sizes": [2]}],
+            "benchmarks": [{"name": "b", "source": "b.jsonl"}],
+        }
+    )
+    plan = build_plan(spec, base_dir=tmp_path)
+    store = RunStore(plan.run_dir)
+    (unit,) = plan.finetunes
+    store.finetunes.write([lost_unit_row(unit, "its actor died on each of 2 tries (OOM)")])
+    (row,) = store.finetunes.rows()
+    assert (row["key"], row["status"], row["arm"]) == (unit.key, "error", "a")
+    assert row["error"].startswith("ActorDied: its actor died")
+    assert pending_finetunes(plan, store) == ([], 1)
+    assert pending_finetunes(plan, store, retry_failed=True)[0] == [unit]

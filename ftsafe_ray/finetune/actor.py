@@ -11,6 +11,20 @@ from pathlib import Path
 from typing import Any
 
 
+def unit_row(unit: Any) -> dict[str, Any]:
+    """The finetunes-table columns that name a unit (a fine-tune or an alignment)."""
+    return {
+        "key": unit.key,
+        "model": unit.model,
+        "arm": unit.arm,
+        "dataset": unit.dataset,
+        "size": unit.size,
+        "seed": unit.seed,
+        "adapter_path": unit.output_path,
+        "train_examples": len(unit.examples),
+    }
+
+
 class FineTuner:
     """Holds one base model for its lifetime; `train` one adapter per call."""
 
@@ -41,14 +55,7 @@ class FineTuner:
         from ftsafe_ray.finetune.lora import train_lora
 
         row: dict[str, Any] = {
-            "key": unit.key,
-            "model": unit.model,
-            "arm": unit.arm,
-            "dataset": unit.dataset,
-            "size": unit.size,
-            "seed": unit.seed,
-            "adapter_path": unit.output_path,
-            "train_examples": len(unit.examples),
+            **unit_row(unit),
             "settings_json": json.dumps(
                 {
                     "lora": unit.lora.model_dump(mode="json"),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ftsafe_ray.errors import StageError
+from ftsafe_ray.finetune.actor import unit_row
 from ftsafe_ray.plan import AlignUnit, FinetuneUnit, Plan
 from ftsafe_ray.progress import Progress
 from ftsafe_ray.store import RunStore
@@ -40,18 +41,7 @@ class StepCounter:
 def lost_unit_row(unit: FinetuneUnit | AlignUnit, reason: str) -> dict[str, Any]:
     """The row of a unit whose actor kept dying: an error, so reruns skip it until
     `--retry-failed` (a unit that runs out of memory would otherwise kill every rerun)."""
-    return {
-        "key": unit.key,
-        "model": unit.model,
-        "arm": unit.arm,
-        "dataset": unit.dataset,
-        "size": unit.size,
-        "seed": unit.seed,
-        "status": "error",
-        "error": f"ActorDied: {reason}",
-        "adapter_path": unit.output_path,
-        "train_examples": len(unit.examples),
-    }
+    return {**unit_row(unit), "status": "error", "error": f"ActorDied: {reason}"}
 
 
 def planned_steps(unit: FinetuneUnit | AlignUnit) -> int:
