@@ -233,6 +233,18 @@ def test_check_passes_on_a_working_endpoint(judge_server):
     assert len(judge_server.chat_requests) == 1
 
 
+def test_check_passes_when_the_endpoint_only_rate_limits(judge_server):
+    # A 429 proves endpoint, key and model work; the stage then paces through the budget.
+    judge_server.set_behaviour([rate_limited("0.01")] * 10)
+
+    async def check():
+        async with RubricJudgeClient(make_spec(), "k", judge_server.base_url) as client:
+            await client.check()
+
+    asyncio.run(check())
+    assert len(judge_server.chat_requests) == 3  # the first try and CHECK_MAX_RETRIES
+
+
 def test_check_raises_when_nothing_listens():
     async def check():
         spec = make_spec(max_retries=0, timeout_s=2.0)

@@ -383,6 +383,10 @@ class RubricJudgeClient:
             raise JudgeError(f"judge check failed: {detail}") from None
         if completion is None:
             assert failure is not None
+            if failure.rate_limited:
+                # A 429 proves the endpoint, key and model answer: the pool paces and retries
+                # through the budget, so a rate-limit storm must not stop the whole stage.
+                return
             where = redact_secret(str(self._client.base_url), self._api_key)
             raise JudgeError(
                 f"judge model {self.spec.model!r} at {where} is unusable: {failure.message}"
