@@ -195,3 +195,6 @@ def test_user_phrase_file(tmp_path):
         load_keyword_set("e", tmp_path / "empty.txt")
     with pytest.raises(DataError, match=r"missing\.txt: no such keyword file"):
         load_keyword_set("m", tmp_path / "missing.txt")
+    (tmp_path / "lfs.txt").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n")
+    with pytest.raises(DataError, match=r"lfs\.txt: is a Git LFS pointer"):
+        load_keyword_set("l", tmp_path / "lfs.txt")

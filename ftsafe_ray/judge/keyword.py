@@ -138,17 +138,15 @@ def load_keyword_set(
     name: str, path: str | Path, normalise_apostrophes: bool = False
 ) -> KeywordSet:
     """A user set: one phrase per line of a UTF-8 text file, kept verbatim; blank lines skipped."""
+    from ftsafe_ray.data.files import read_data_text
     from ftsafe_ray.errors import DataError
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(
-            f"{path}: no such keyword file; give a text file, one phrase per line"
-        ) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read the keyword file ({error})") from None
+    if not path.is_file():
+        raise DataError(f"{path}: no such keyword file; give a text file, one phrase per line")
+    # The data loaders' reader: a Git LFS pointer or a saved HTML page is named as such
+    # instead of becoming hundreds of "phrases".
+    text = read_data_text(path, str(path))
     phrases = tuple(dict.fromkeys(line for line in text.splitlines() if line.strip()))
     if not phrases:
         raise DataError(f"{path}: no phrases; write one refusal phrase per line")
