@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+
 import pytest
 
 from tests.fixtures.judge_server import (
@@ -11,11 +14,13 @@ from tests.fixtures.judge_server import (
     rate_limited,
     server_error,
     truncated,
+    verdict,
 )
 from tests.test_judge_stage import (
     judge,
     make_plan,
     raw_rubric_row_count,
+    request_index,
     rubric_rows,
     store_answers,
 )
@@ -34,7 +39,18 @@ def test_a_misbehaving_endpoint_leaves_every_answer_accounted_for(
 ):
     storm = [rate_limited("0.05")] * 8
     faults = [server_error(), malformed(), hang(3.0), judge_refusal(), truncated(), truncated()]
-    judge_server.set_behaviour(storm + faults * 3 + storm + [server_error()] * 12)
+    script = deque(storm + faults * 3 + storm)
+    lock = threading.Lock()
+
+    def reply(body):
+        # Requests 0 and 1 always get a 500, so some answers surely end as error rows
+        # whatever order the pool sends in; the others play the script, then verdicts.
+        if request_index(body) in (0, 1):
+            return server_error()
+        with lock:
+            return script.popleft() if script else verdict()
+
+    judge_server.set_behaviour(reply)
     plan = make_plan(
         tmp_path, judge_server.base_url, n=24, num_actors=2, max_concurrency=4,
         max_retries=2, timeout_s=1.0,
