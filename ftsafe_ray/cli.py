@@ -38,7 +38,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     store = RunStore(plan.run_dir)
     trained = store.finetunes.done_keys({"ok"})
     failed = store.finetunes.done_keys({"error"})
-    generated = store.generations.done_keys(None)
+    generated = store.answered_keys()
     table = Table(title=f"campaign {plan.spec.name} → {plan.run_dir}")
     for column in ("model", "arm", "dataset", "size", "seed", "key", "fine-tune", "generations"):
         table.add_column(column)
@@ -67,7 +67,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     console.print(
         f"fine-tunes {status.finetunes_done}/{status.finetunes_total} done"
         f" ({status.finetunes_failed} failed); generations {status.generations_done}/"
-        f"{status.generations_total} done; answers judged {status.verdicts_done}/"
+        f"{status.generations_total} done ({status.generations_failed} failed); answers judged "
+        f"{status.verdicts_done}/"
         f"{status.generations_total}"
     )
     from ftsafe_ray.judge.cost import describe_estimate
@@ -178,6 +179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except OSError as error:
+        # A file the stages did not wrap themselves (a report file, say): still one line.
+        where = f"{error.filename}: " if error.filename else ""
+        print(
+            f"error: {where}{error.strerror or error}; free disk space or fix permissions, then "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ class PlanStatus:
     finetunes_failed: int
     generations_total: int
     generations_done: int
+    generations_failed: int
     verdicts_done: int
 
 
@@ -62,7 +63,8 @@ def plan_status(plan: Plan) -> PlanStatus:
         finetunes_done=len(finetune_keys & store.finetunes.done_keys({"ok"})),
         finetunes_failed=len(finetune_keys & store.finetunes.done_keys({"error"})),
         generations_total=len(generation_keys),
-        generations_done=len(generation_keys & store.generations.done_keys(None)),
+        generations_done=len(generation_keys & store.answered_keys()),
+        generations_failed=len(generation_keys & store.failed_generation_keys()),
         verdicts_done=len(generation_keys & judged),
     )
 
@@ -158,7 +160,9 @@ def _run_locked(
         # Fine-tunes train in a thread while generation picks up each adapter as it lands.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fine-tune") as pool:
             finetuning = pool.submit(run_finetune_stage, plan, store, progress, retry_failed)
-            generated = run_generate_stage(plan, store, progress, upstream=finetuning)
+            generated = run_generate_stage(
+                plan, store, progress, upstream=finetuning, retry_failed=retry_failed
+            )
             finetuned = finetuning.result()
         judged = run_judge_stage(
             plan, store, progress, access, retry_failed, Path(campaign_path).resolve().parent

@@ -65,8 +65,8 @@ def test_a_dead_actor_is_replaced_and_its_item_redone(ray_local, tmp_path):
 
 @pytest.mark.reliability(
     fault="A unit that kills its actor every time (out of memory)",
-    outcome="redone once alone, then stored as an error (fine-tune) or left for a rerun "
-    "(generation); the rest carry on",
+    outcome="redone once alone, then stored as an error row (fine-tune or generation); "
+    "the rest carry on",
 )
 def test_an_item_that_kills_every_actor_is_lost_and_the_rest_carry_on(ray_local, tmp_path):
     results, lost, made = run(ray_local, tmp_path, list(range(5)), {2: 99}, in_flight_per_actor=2)

@@ -412,3 +412,108 @@ def test_a_driver_killed_at_random_then_rerun_ends_as_if_never_killed(
         f"{rerun.time_of('<eof>'):.1f}s"
         f"\n--- killed run output ---\n{killed_output}"
     )
+
+
+def write_judged_campaign(directory: Path, model_dir: Path, judge_url: str, n: int = 40) -> Path:
+    """The base model only, `n` prompts, the rubric judge one actor wide: its stage lasts
+    seconds, and paid verdicts arrive in several batches."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_benchmark(
+        directory / "bench.jsonl", [("malware", f"placeholder ask {i}") for i in range(n)]
+    )
+    spec = {
+        "name": "judged",
+        "output_dir": "run",
+        "models": [{"name": "tiny", "path": str(model_dir)}],
+        "benchmarks": [{"name": "b", "source": "bench.jsonl"}],
+        "sampling": {"max_new_tokens": 4},
+        "generation": {"batch_size": 20, "num_cpus": 1},
+        "judges": {
+            "rubric": {
+                "enabled": True,
+                "base_url": judge_url,
+                "api_key_env": "FTSAFE_TEST_NO_SUCH_KEY",
+                "model": "judge-test",
+                "num_actors": 1,
+                "max_concurrency": 2,
+                "max_retries": 1,
+                "timeout_s": 10,
+            }
+        },
+    }
+    path = directory / "campaign.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def wait_for_paid_verdicts(run_dir: Path, driver: Driver, timeout_s: float = RUN_TIMEOUT_S):
+    """Poll the judgments table until a paid rubric verdict is stored; False if the run
+    ended first."""
+    from ftsafe_ray.store import RunStore
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and driver.process.poll() is None:
+        rows = RunStore(run_dir).judgments.rows(["key", "judge", "status"])
+        if any(r["judge"] == "rubric" and r["status"] in DONE_STATUSES for r in rows):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.reliability(
+    fault="The driver stopped mid judge stage, just after paid rubric verdicts were stored: "
+    "SIGKILL of its process group, or Ctrl-C (SIGINT to the group, as a terminal sends)",
+    outcome="Ctrl-C exits within seconds with code 130 and a one-line message, storing the "
+    "verdicts it received; either way no process is left, every Parquet file reads, and the "
+    "rerun completes without requesting any stored verdict again",
+)
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGINT"])
+def test_a_driver_stopped_after_paid_verdicts_never_pays_for_them_again(
+    stop, tmp_path, tiny_model_dir
+):
+    server = JudgeServer().start()
+    server.set_latency(0.2, 0.4, seed=7)
+    try:
+        campaign = write_judged_campaign(tmp_path, tiny_model_dir, server.base_url)
+        run_dir = tmp_path / "run"
+        driver = Driver.start(campaign, tmp_path / "stopped.log")
+        assert driver.wait_for_line("[rubric] start"), driver.output()
+        assert wait_for_paid_verdicts(run_dir, driver), "the judge stage ended before a flush"
+        time.sleep(random.Random(stop).uniform(0.0, 0.3))
+        if stop == "SIGKILL":
+            assert driver.kill(), "the run ended before the kill"
+        else:
+            signalled = time.monotonic()
+            os.killpg(driver.process.pid, signal.SIGINT)
+            rc = driver.process.wait(timeout=60)
+            stderr = (tmp_path / "stopped.log").read_text()
+            assert rc == 130, stderr[-3000:]
+            assert time.monotonic() - signalled < 30
+            assert "interrupted; rerun the same command to resume" in stderr
+            assert "Traceback" not in stderr, stderr[-3000:]
+        wait_for_session_to_end(driver.process.pid)
+        assert_every_parquet_file_reads(run_dir)
+        stored = table_rows(run_dir)["judgments"]
+        paid = {
+            key
+            for key, row in stored.items()
+            if row["judge"] == "rubric" and row["status"] in DONE_STATUSES
+        }
+        assert paid
+
+        rerun_from = len(server.chat_requests)
+        run_to_completion(campaign)
+        final = table_rows(run_dir)
+        assert len(final["generations"]) == 40
+        rubric_keys = {k for k, r in final["judgments"].items() if r["judge"] == "rubric"}
+        assert len(rubric_keys) == 40
+        assert all(final["judgments"][k]["status"] == "ok" for k in rubric_keys)
+        by_message = verdict_key_of_request(campaign, list(final["generations"].values()))
+        after = requested_keys(server, rerun_from, len(server.chat_requests), by_message)
+        assert not paid & set(after), f"stored verdicts requested again: {paid & set(after)}"
+        assert max(Counter(after).values(), default=1) == 1
+        assert set(after) == rubric_keys - paid
+        assert_every_parquet_file_reads(run_dir)
+        print(f"{stop}: {len(paid)} verdicts stored at the stop, {len(after)} asked by the rerun")
+    finally:
+        server.stop()

@@ -32,9 +32,18 @@ def resolve_backend(backend: str) -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
 
 
-def pending_generations(plan: Plan, store: RunStore) -> tuple[list[GenerationUnit], int, int]:
-    """Units to generate now, how many are done, and how many wait for a missing adapter."""
+def pending_generations(
+    plan: Plan, store: RunStore, retry_failed: bool = False, tried: frozenset[str] = frozenset()
+) -> tuple[list[GenerationUnit], int, int]:
+    """Units to generate now, how many are done, and how many wait for a missing adapter.
+
+    A unit stored as an error (its generator died on each try) is done unless `retry_failed`;
+    `tried` are the keys this stage already sent, which are never sent twice in one run.
+    """
     done = store.generations.done_keys(None)
+    if retry_failed:
+        done -= store.failed_generation_keys()
+    done |= tried
     trained = store.finetunes.done_keys({"ok"})
     unique = {unit.key: unit for unit in plan.generations}
     pending, blocked = [], 0
@@ -49,7 +58,11 @@ def pending_generations(plan: Plan, store: RunStore) -> tuple[list[GenerationUni
 
 
 def run_generate_stage(
-    plan: Plan, store: RunStore, progress: Progress, upstream: Any = None
+    plan: Plan,
+    store: RunStore,
+    progress: Progress,
+    upstream: Any = None,
+    retry_failed: bool = False,
 ) -> GenerateStageResult:
     """Generate every missing answer whose weights exist; rows are written in shards.
 
@@ -58,16 +71,18 @@ def run_generate_stage(
     starts once enough rows are ready to be worth an engine start, and a last round runs after
     the fine-tunes end.
     """
-    _, skipped, _ = pending_generations(plan, store)
+    _, skipped, _ = pending_generations(plan, store, retry_failed)
     total = len({unit.key for unit in plan.generations})
     progress.start(STAGE, total=total, done=skipped)
     settings = plan.spec.generation
     worth_a_round = ROUND_BATCHES * settings.batch_size * settings.num_actors
     generated = 0
+    tried: set[str] = set()
     while True:
         final = upstream is None or upstream.done()
-        pending, _, blocked = pending_generations(plan, store)
+        pending, _, blocked = pending_generations(plan, store, retry_failed, frozenset(tried))
         if pending and (final or len(pending) >= worth_a_round):
+            tried.update(unit.key for unit in pending)
             generated += _generate_round(plan, store, progress, pending)
         elif not final:
             time.sleep(POLL_S)
@@ -194,8 +209,9 @@ def _check_adapters(ray, actor, units, plan, store, progress) -> None:
 def _drain(make_actor, batches, plan, store, buffer, progress, num_batches) -> int:
     """Keep two batches in flight per actor; store each batch's rows as it lands.
 
-    A batch whose actor died on both of its tries is left ungenerated (logged; a rerun tries
-    it again), and the other batches carry on.
+    A batch whose actor died on both of its tries is stored as error rows (a repeatable
+    failure, such as running out of memory, is not retried on every rerun; --retry-failed
+    redoes it), and the other batches carry on.
     """
     from ftsafe_ray.actor_pool import PoolSettings, run_on_actors
     from ftsafe_ray.generate.requests import GenerationRequest
@@ -226,7 +242,11 @@ def _drain(make_actor, batches, plan, store, buffer, progress, num_batches) -> i
         progress.advance(STAGE, len(batch))
 
     def lost(batch, reason: str) -> None:
-        progress.log(f"generate: {len(batch)} prompts left for a rerun: {reason}")
+        progress.log(
+            f"generate: {len(batch)} prompts stored as errors (rerun with --retry-failed): {reason}"
+        )
+        buffer.add([_row(unit, None, plan, error=reason) for unit in batch])
+        progress.advance(STAGE, len(batch))
 
     settings = PoolSettings(
         num_actors=min(plan.spec.generation.num_actors, num_batches), in_flight_per_actor=2
@@ -253,7 +273,8 @@ def _get(ray, ref) -> Any:
         raise
 
 
-def _row(unit: GenerationUnit, result: Any, plan: Plan) -> dict[str, Any]:
+def _row(unit: GenerationUnit, result: Any, plan: Plan, error: str | None = None) -> dict[str, Any]:
+    """The stored row of one unit: its answer, or (with `error`) why it has none."""
     target = unit.target
     return {
         "key": unit.key,
@@ -269,9 +290,11 @@ def _row(unit: GenerationUnit, result: Any, plan: Plan) -> dict[str, Any]:
         "category": unit.item.category,
         "system_prompt": target.system_prompt,
         "prompt": unit.item.prompt,
-        "response": result.text,
-        "num_prompt_tokens": result.num_prompt_tokens,
-        "num_output_tokens": result.num_output_tokens,
-        "finish_reason": result.finish_reason,
+        "response": None if result is None else result.text,
+        "num_prompt_tokens": None if result is None else result.num_prompt_tokens,
+        "num_output_tokens": None if result is None else result.num_output_tokens,
+        "finish_reason": None if result is None else result.finish_reason,
         "backend": resolve_backend(plan.spec.generation.backend),
+        "status": "ok" if error is None else "error",
+        "error": error,
     }

@@ -157,7 +157,9 @@ class RubricRun:
         shared = self.cache.directory != self.store.judgments.directory
         try:
             with contextlib.ExitStack() as stack:
-                buffer = stack.enter_context(ShardBuffer(self.store.judgments, 64, 10))
+                # Paid verdicts are stored within a second of arriving (or every 64), so a
+                # killed driver loses at most that much paid work.
+                buffer = stack.enter_context(ShardBuffer(self.store.judgments, 64, 1.0))
                 if shared:
                     self._cache_buffer = stack.enter_context(_CacheBuffer(self.cache, 256, 30))
                 count = self._batch(buffer) if self.batch else self._online(buffer)

@@ -57,9 +57,13 @@ def rubric_access(
 
 
 def plan_generations(plan: Plan, store: RunStore) -> list[dict[str, Any]]:
-    """Stored generation rows that belong to this plan."""
+    """Stored answers that belong to this plan (error rows, which have none, left out)."""
     wanted = {unit.key for unit in plan.generations}
-    return [row for row in store.generations.rows() if row["key"] in wanted]
+    return [
+        row
+        for row in store.generations.rows()
+        if row["key"] in wanted and row.get("status") != "error"
+    ]
 
 
 def verdict_cache(plan: Plan, store: RunStore, base_dir: Path | None = None) -> ParquetTable:

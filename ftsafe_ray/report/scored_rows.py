@@ -24,7 +24,7 @@ LABELS = (
     "category",
     "item_id",
 )
-_ANSWER_COLUMNS = ["key", "prompt", "response", *LABELS]
+_ANSWER_COLUMNS = ["key", "prompt", "response", "status", *LABELS]
 
 
 def scored_rows(
@@ -42,7 +42,11 @@ def scored_rows(
     `generation_key` and the LABELS; a planned unit with no stored answer is a row with
     `answered` False and no verdicts.
     """
-    answers = {row["key"]: row for row in store.generations.rows(_ANSWER_COLUMNS)}
+    answers = {
+        row["key"]: row
+        for row in store.generations.rows(_ANSWER_COLUMNS)
+        if row["status"] != "error"  # a unit whose generator died has no answer to score
+    }
     if units is None:
         units = [{"generation_key": key, **row} for key, row in answers.items()]
     verdicts = {

@@ -12,6 +12,8 @@ import errno
 import os
 from pathlib import Path
 
+from ftsafe_ray.errors import StoreError
+
 # Directory fsync is not supported everywhere (some network and FUSE file systems answer
 # EINVAL); the rename is still atomic there, only its durability is up to the file system.
 _DIRECTORY_SYNC_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES}
@@ -53,3 +55,13 @@ def replace_durably(temporary: Path, path: Path) -> None:
     fsync_file(temporary)
     os.replace(temporary, path)
     fsync_directory(Path(path).parent)
+
+
+def write_error(where: Path, error: OSError) -> StoreError:
+    """A failed write in the run directory (disk full, quota, read-only or unwritable) in one
+    line: nothing already written is touched, and a rerun resumes from what exists."""
+    reason = error.strerror or str(error).strip().splitlines()[0] or type(error).__name__
+    return StoreError(
+        f"{where}: cannot write ({reason}); free disk space or make the directory writable, "
+        "then rerun the same command: what is already written is intact"
+    )

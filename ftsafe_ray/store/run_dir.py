@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from datetime import datetime, timezone
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 
 from ftsafe_ray import __version__
 from ftsafe_ray.errors import StoreError
-from ftsafe_ray.store.durable import fsync_directory, replace_durably
+from ftsafe_ray.store.durable import fsync_directory, replace_durably, write_error
 from ftsafe_ray.store.private import FILE_MODE, open_private, private_mkdir, restrict_tree
 from ftsafe_ray.store.schemas import PLAN_UNITS, SCHEMA_VERSION, TABLES
 from ftsafe_ray.store.table import FINETUNE_DONE_STATUSES, ParquetTable
@@ -42,6 +43,14 @@ class RunStore:
         self.judgments = ParquetTable(self.root / "judgments", TABLES["judgments"], provenance)
         self.adapters_dir = self.root / ADAPTERS_DIR
 
+    def answered_keys(self) -> set[str]:
+        """Generation keys with an answer: every stored key but those whose row is an error."""
+        return self.generations.done_keys(None) - self.failed_generation_keys()
+
+    def failed_generation_keys(self) -> set[str]:
+        """Generation keys whose winning row is an error (redone only with --retry-failed)."""
+        return self.generations.done_keys({"error"})
+
     def adapter_dir(self, key: str) -> Path:
         """Where the adapter with this fine-tune key lives."""
         return self.adapters_dir / key
@@ -65,7 +74,10 @@ class RunStore:
         """Keep a copy of the spec each run used, named by its hash, and point spec.json at it."""
         self.create()
         frozen = self.root / "specs" / f"{spec_hash}.json"
-        private_mkdir(frozen.parent)
+        try:
+            private_mkdir(frozen.parent)
+        except OSError as error:
+            raise write_error(frozen.parent, error) from None
         _atomic_write(frozen, json.dumps(spec_json, indent=2, sort_keys=True))
         _atomic_write(self.root / "spec.json", json.dumps(spec_json, indent=2, sort_keys=True))
 
@@ -88,9 +100,14 @@ class RunStore:
             schema=PLAN_UNITS.with_metadata({"ftsafe_ray.schema_version": SCHEMA_VERSION}),
         )
         temporary = self.root / f".{PLAN_FILE}.tmp"
-        pq.write_table(table, temporary)
-        os.chmod(temporary, FILE_MODE)  # owner-only before it takes its name
-        replace_durably(temporary, self.root / PLAN_FILE)
+        try:
+            pq.write_table(table, temporary)
+            os.chmod(temporary, FILE_MODE)  # owner-only before it takes its name
+            replace_durably(temporary, self.root / PLAN_FILE)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            raise write_error(self.root / PLAN_FILE, error) from None
         _atomic_write(self.root / KEYWORD_SETS_FILE, json.dumps(keyword_sets, indent=2))
         identity = self.root / RUBRIC_IDENTITY_FILE
         if rubric is None:
@@ -132,10 +149,15 @@ class RunStore:
 def _atomic_write(path: Path, text: str) -> None:
     """Write an owner-only file through a temporary sibling, so readers never see half."""
     temporary = path.with_name(f".{path.name}.tmp")
-    with os.fdopen(open_private(temporary), "w", encoding="utf-8") as handle:
-        handle.write(text)
-        # Durable as well as atomic: data on disk before the rename, the rename after it.
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    fsync_directory(path.parent)
+    try:
+        with os.fdopen(open_private(temporary), "w", encoding="utf-8") as handle:
+            handle.write(text)
+            # Durable as well as atomic: data on disk before the rename, the rename after it.
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        fsync_directory(path.parent)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise write_error(path, error) from None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 
 # 2: judgments gained prompt_tokens, completion_tokens, cost_usd and the StrongREJECT
-# sub-scores. Version-1 shards still read: missing columns come back as nulls.
-SCHEMA_VERSION = "2"
+# sub-scores. 3: generations gained status and error. Older shards still read: missing columns
+# come back as nulls.
+SCHEMA_VERSION = "3"
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -52,6 +53,10 @@ GENERATIONS = pa.schema(
         pa.field("num_output_tokens", pa.int64()),
         pa.field("finish_reason", pa.string()),
         pa.field("backend", pa.string()),
+        # "ok", or "error" for a unit whose generator died on each try (null in runs made
+        # before this column existed: those rows are answers).
+        pa.field("status", pa.string()),
+        pa.field("error", pa.string()),
         pa.field("created_at", _TS),
     ]
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -18,7 +19,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ftsafe_ray.errors import StoreError
-from ftsafe_ray.store.durable import replace_durably
+from ftsafe_ray.store.durable import replace_durably, write_error
 from ftsafe_ray.store.private import FILE_MODE, private_mkdir
 from ftsafe_ray.store.schemas import SCHEMA_VERSION
 
@@ -62,7 +63,10 @@ class ParquetTable:
         """Write rows as one new shard: a hidden temporary file renamed into place when complete."""
         if not rows:
             return None
-        private_mkdir(self.directory)
+        try:
+            private_mkdir(self.directory)
+        except OSError as error:
+            raise write_error(self.directory, error) from None
         now = time.time()
         for row in rows:
             row.setdefault("created_at", datetime.fromtimestamp(now, timezone.utc))
@@ -82,8 +86,11 @@ class ParquetTable:
             pq.write_table(table, temporary)
             temporary.chmod(FILE_MODE)  # owner-only before it takes its name: see private.py
             replace_durably(temporary, self.directory / name)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
+        except BaseException as error:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            if isinstance(error, OSError):  # pyarrow's I/O errors are OSErrors too
+                raise write_error(self.directory, error) from None
             raise
         return self.directory / name
 
