@@ -112,3 +112,58 @@ def test_a_batch_that_kills_its_generator_is_stored_as_errors(tmp_path, generato
     assert retried.generated == 1
     assert store.failed_generation_keys() == set()
     assert len(store.answered_keys()) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.reliability(
+    fault="The Generator process (real model, real backend) killed by PID mid-generation",
+    outcome="a new generator replaces it, its batch is redone once, every answer lands",
+)
+def test_a_generator_killed_mid_batch_is_replaced_and_its_batch_redone(
+    tmp_path, tiny_model_dir, ray_local
+):
+    import threading
+    import time
+
+    import psutil
+
+    write_benchmark(tmp_path / "b.jsonl", [("c", f"placeholder ask {i}") for i in range(16)])
+    spec = parse_campaign(
+        {
+            "name": "killed",
+            "output_dir": "run",
+            "models": [{"name": "m", "path": str(tiny_model_dir)}],
+            "benchmarks": [{"name": "b", "source": "b.jsonl"}],
+            # One long batch, so the generator is surely mid-batch when it is found.
+            "sampling": {"max_new_tokens": 256},
+            "generation": {"batch_size": 16, "num_actors": 1, "num_cpus": 1},
+        }
+    )
+    plan = build_plan(spec, base_dir=tmp_path)
+    store = RunStore(plan.run_dir, plan.spec_hash)
+    store.create()
+    killed: list[int] = []
+
+    def kill_first_generator() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for process in psutil.process_iter(["pid", "cmdline"]):
+                # Ray titles an actor's process with the method it is running: mid-batch.
+                if "ray::Generator.generate" in " ".join(process.info["cmdline"] or []):
+                    try:
+                        os.kill(process.info["pid"], signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue
+                    killed.append(process.info["pid"])
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_first_generator)
+    killer.start()
+    result = generate_stage.run_generate_stage(plan, store, PlainProgress())
+    killer.join()
+    assert killed, "the Generator process was never seen generating"
+    assert result.generated == 16
+    rows = store.generations.rows()
+    assert len(rows) == 16 and {r["status"] for r in rows} == {"ok"}
+    assert all(r["response"] is not None for r in rows)
