@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftsafe_ray.errors import JudgeError, SpecError, StageError, StoreError
+from ftsafe_ray.capacity import ensure_capacity, release_request
+from ftsafe_ray.errors import JudgeError, StageError, StoreError
 from ftsafe_ray.plan import Plan, build_plan
 from ftsafe_ray.progress import Progress, default_progress
 from ftsafe_ray.spec import CampaignSpec, load_campaign, parse_campaign
@@ -82,22 +83,6 @@ def start_ray(address: str | None) -> Any:
     return ray
 
 
-def check_resources(spec: CampaignSpec, ray: Any) -> None:
-    """Fail at once, naming the field, when an actor asks for more than the cluster has."""
-    available = ray.cluster_resources()
-    for field_name, settings in (
-        ("finetune_resources", spec.finetune_resources),
-        ("generation", spec.generation),
-    ):
-        for resource, wanted in (("CPU", settings.num_cpus), ("GPU", settings.num_gpus)):
-            have = available.get(resource, 0)
-            if wanted > have:
-                raise SpecError(
-                    f"{field_name}.num_{resource.lower()}s: {wanted:g} requested but the Ray "
-                    f"cluster has {have:g}; lower it or add {resource}s to the cluster"
-                )
-
-
 def run_campaign(
     campaign_path: str | Path,
     *,
@@ -154,7 +139,7 @@ def _run_locked(
     )
     progress = progress or default_progress()
     ray = start_ray(address)
-    check_resources(plan.spec, ray)
+    requested_nodes = ensure_capacity(plan.spec, ray, progress.log)
     try:
         aligned = run_align_stage(plan, store, progress)
         # Fine-tunes train in a thread while generation picks up each adapter as it lands.
@@ -168,6 +153,8 @@ def _run_locked(
             plan, store, progress, access, retry_failed, Path(campaign_path).resolve().parent
         )
     finally:
+        if requested_nodes:
+            release_request()
         progress.close()
     if judged.rubric_skipped_reason:
         progress.log(judged.rubric_skipped_reason)
