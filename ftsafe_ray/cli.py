@@ -19,7 +19,25 @@ def _console():
 def cmd_validate(args: argparse.Namespace) -> int:
     from ftsafe_ray.pipeline import load_plan
 
-    plan = load_plan(args.campaign)
+    if args.spec_only:
+        from ftsafe_ray.spec import load_campaign
+
+        spec = load_campaign(args.campaign)
+        print(
+            f"{args.campaign}: spec ok (data files, benchmarks and models not read) — "
+            f"{len(spec.models)} model(s), {len(spec.finetunes)} arm(s), "
+            f"{len(spec.benchmarks)} benchmark(s), {len(spec.conditions) or 1} condition(s)"
+        )
+        return 0
+    from ftsafe_ray.errors import DataError
+
+    try:
+        plan = load_plan(args.campaign)
+    except DataError as error:
+        raise DataError(
+            f"{error}\n(the spec itself is checked without its data by "
+            f"`ftsafe validate --spec-only {args.campaign}`)"
+        ) from None
     print(
         f"{args.campaign}: ok — {len(plan.spec.models)} model(s), "
         f"{len(plan.finetunes)} fine-tune(s), {len(plan.targets)} evaluation target(s), "
@@ -32,10 +50,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ftsafe_ray.pipeline import load_plan, plan_status
-    from ftsafe_ray.store import RunStore
+    from ftsafe_ray.store.run_dir import open_run
 
     plan = load_plan(args.campaign)
-    store = RunStore(plan.run_dir)
+    store = open_run(plan.run_uri or plan.run_dir)
     trained = store.finetunes.done_keys({"ok"})
     failed = store.finetunes.done_keys({"error"})
     generated = store.answered_keys()
@@ -108,11 +126,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ftsafe_ray.pipeline import load_plan, plan_status
-    from ftsafe_ray.store import RunStore
+    from ftsafe_ray.store.remote import is_remote
+    from ftsafe_ray.store.run_dir import open_run
 
     target = Path(args.target)
-    if target.is_dir():
-        store = RunStore(target)
+    if is_remote(args.target) or target.is_dir():
+        store = open_run(args.target)
         manifest = store.read_manifest()
         print(f"{target}: campaign {manifest.get('campaign', '?')}")
         print(
@@ -140,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate", help="check a campaign file, reporting every error")
     validate.add_argument("campaign")
+    validate.add_argument(
+        "--spec-only",
+        action="store_true",
+        help="check the campaign's fields and cross-references only; read no data file "
+        "(e.g. a preset whose data paths you have not filled in yet)",
+    )
     validate.set_defaults(handler=cmd_validate)
     plan = commands.add_parser("plan", help="show the grid of work units and what is done")
     plan.add_argument("campaign")

@@ -18,6 +18,7 @@ from ftsafe_ray.spec import CampaignSpec, load_campaign, parse_campaign
 from ftsafe_ray.store import RunStore
 from ftsafe_ray.store.lock import RunLock
 from ftsafe_ray.store.private import private_mkdir
+from ftsafe_ray.store.run_dir import open_run
 
 if TYPE_CHECKING:
     from ftsafe_ray.judge.stage import RubricAccess
@@ -55,7 +56,7 @@ def load_plan(campaign_path: str | Path) -> Plan:
 
 def plan_status(plan: Plan) -> PlanStatus:
     """Count what the store already holds for this plan."""
-    store = RunStore(plan.run_dir)
+    store = open_run(plan.run_uri or plan.run_dir)
     finetune_keys = {unit.key for unit in plan.finetunes}
     generation_keys = {unit.key for unit in plan.generations}
     judged = {row["generation_key"] for row in store.judgments.rows(["generation_key"])}
@@ -79,7 +80,9 @@ def start_ray(address: str | None) -> Any:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or None)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # "local": always a cluster of our own. Without it Ray joins whatever cluster
+        # /tmp/ray/ray_current_cluster names (a `ray start` on this machine, or a dead one).
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
     return ray
 
 
@@ -130,7 +133,8 @@ def _run_locked(
     from ftsafe_ray.judge.stage import rubric_access, run_judge_stage
 
     access = rubric_access(plan.spec.judges.rubric, environ)
-    store = RunStore(plan.run_dir, spec_hash=plan.spec_hash)
+    store = RunStore(plan.run_dir, spec_hash=plan.spec_hash, remote=plan.run_uri)
+    store.sync_down()  # on object storage: what earlier runs, anywhere, stored
     store.freeze_spec(plan.spec.model_dump(mode="json"), plan.spec_hash)
     store.freeze_plan(
         plan.unit_labels(),
@@ -156,6 +160,7 @@ def _run_locked(
         if requested_nodes:
             release_request()
         progress.close()
+        store.sync_up()  # on object storage: anything a failed upload left only in the mirror
     if judged.rubric_skipped_reason:
         progress.log(judged.rubric_skipped_reason)
     counts = {
@@ -172,7 +177,7 @@ def _run_locked(
     outcome = CampaignOutcome(
         run_dir=plan.run_dir, seconds=time.monotonic() - started, counts=counts
     )
-    outcome.report_files = report_run(plan.run_dir, console=console)
+    outcome.report_files = report_run(plan.run_uri or plan.run_dir, console=console)
     store.write_manifest(
         campaign=plan.spec.name,
         campaign_file=str(Path(campaign_path).resolve()),
@@ -238,9 +243,9 @@ def report_run(
     from ftsafe_ray.report.render import render_tables
     from ftsafe_ray.report.scored_rows import scored_rows
 
-    run_dir = Path(run_dir)
+    store = open_run(run_dir)  # on object storage: its local mirror, filled from the store
+    run_dir = store.root
     spec = frozen_spec(run_dir)
-    store = RunStore(run_dir)
     console = console or report_console()
     recorded = store.read_plan()
     if recorded is None:
@@ -266,6 +271,8 @@ def report_run(
     files = write_summary_files(main, by_category, out_dir)
     files += write_judge_files(rows, out_dir, names)
     files += write_plots(main, by_category, out_dir)
+    for path in files:
+        store.publish(path)
     return files
 
 

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ftsafe_ray import keys
+from ftsafe_ray.conditions import (
+    benchmark_conditions,
+    condition_label,
+    evaluation_messages,
+    with_trigger,
+)
 from ftsafe_ray.data import load_benchmark, load_chat_dataset
 from ftsafe_ray.data.records import BenchmarkItem, ChatExample
 from ftsafe_ray.errors import DataError, SpecError
 from ftsafe_ray.judge.keyword import BUILTIN_KEYWORD_SETS, KeywordSet, load_keyword_set
 from ftsafe_ray.models.resolve import BUILTIN_PREFIX
-from ftsafe_ray.spec import BaseModelSpec, CampaignSpec, FinetuneSpec
+from ftsafe_ray.spec import BaseModelSpec, CampaignSpec, ConditionSpec, FinetuneSpec
+from ftsafe_ray.store.remote import is_remote, mirror_path
 from ftsafe_ray.units import (
     BASE_ARM,
     AlignUnit,
@@ -31,6 +41,7 @@ __all__ = [
     "Plan",
     "build_plan",
     "evaluation_system_prompt",
+    "lasting_path",
     "model_identity",
     "sampling_identity",
     "spec_hash",
@@ -51,6 +62,61 @@ def sampling_identity(spec: CampaignSpec) -> dict[str, Any]:
 
 def spec_hash(spec: CampaignSpec) -> str:
     return keys.content_key("spec", spec.model_dump(mode="json"))
+
+
+# Where relative run directories go under `ray job submit --working-dir` (see lasting_path).
+RUNS_ROOT_ENV = "FTSAFE_RUNS_ROOT"
+
+
+def job_working_dir(environ: Mapping[str, str]) -> Path | None:
+    """Ray's temporary copy of a submitted job's working dir, when this driver runs in one.
+
+    `ray job submit` describes the job in RAY_JOB_CONFIG_JSON_ENV_VAR and starts its driver
+    in that copy, which Ray deletes once no job uses it. A `local://` working dir is a
+    directory of the node itself, not a copy.
+    """
+    try:
+        config = json.loads(environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", ""))
+        working_dir = config["runtime_env"]["working_dir"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(working_dir, str) or working_dir.startswith("local://"):
+        return None
+    return Path.cwd().resolve()
+
+
+def lasting_path(
+    value: str, base_dir: Path, field: str, environ: Mapping[str, str] | None = None
+) -> Path:
+    """A directory the campaign names (`field`), made absolute against `base_dir`.
+
+    Under `ray job submit --working-dir`, the campaign's directory lies in Ray's temporary
+    copy, so a relative path there would be deleted with it: it keeps its place relative to
+    the submitted directory but under $FTSAFE_RUNS_ROOT, and is refused when that is unset.
+    """
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    environ = os.environ if environ is None else environ
+    copy = job_working_dir(environ)
+    if copy is None or not base_dir.is_relative_to(copy):
+        return (base_dir / path).resolve()
+    root = Path(environ.get(RUNS_ROOT_ENV, "")).expanduser()
+    if not root.is_absolute():
+        raise SpecError(
+            f"{field}: {value!r} is relative to the campaign file, which `ray job submit "
+            f"--working-dir` copied to {copy}, a temporary directory Ray deletes: the results "
+            f"would be lost. Set {RUNS_ROOT_ENV} on the cluster's nodes (or pass --runs-root to "
+            "jobs/run_campaign.py) to an absolute directory every node mounts, or make "
+            f"{field} absolute"
+        )
+    lasting = (root / base_dir.relative_to(copy) / path).resolve()
+    if not lasting.is_relative_to(root.resolve()):
+        raise SpecError(
+            f"{field}: {value!r} leads out of the submitted working directory, so it has no "
+            f"place under {RUNS_ROOT_ENV} ({root}); keep it inside, or make {field} absolute"
+        )
+    return lasting
 
 
 def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
@@ -122,18 +188,26 @@ def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
                         )
                     )
     generations = [
-        _generation_unit(target, bench.name, bench.kind, item, spec)
+        _generation_unit(target, bench.name, bench.kind, item, spec, condition)
         for target in targets
         for bench, items in benchmarks
+        for condition in benchmark_conditions(spec, bench)
         for item in items
     ]
-    run_dir = Path(spec.output_dir)
-    if not run_dir.is_absolute():
-        run_dir = (base_dir / run_dir).resolve()
+    # On object storage the driver works in a local mirror of the run (store/remote.py).
+    run_uri = spec.output_dir if is_remote(spec.output_dir) else None
+    if run_uri is not None:
+        run_dir = mirror_path(run_uri)
+    else:
+        run_dir = lasting_path(spec.output_dir, base_dir, "output_dir")
+    cache_dir = spec.judges.cache_dir
+    if cache_dir is not None and not is_remote(cache_dir):  # refused now, not after generation
+        lasting_path(cache_dir, base_dir, "judges.cache_dir")
     return Plan(
         spec=spec,
         spec_hash=spec_hash(spec),
         run_dir=run_dir,
+        run_uri=run_uri,
         alignments=tuple(alignments),
         finetunes=tuple(finetunes),
         targets=tuple(targets),
@@ -280,8 +354,14 @@ def _finetune_unit(
     for j, mix in enumerate(arm.mix):
         mixed += _select(datasets[mix.dataset], mix.size, seed, f"finetunes.{index}.mix.{j}.size")
     # The arm's system prompt is what it is evaluated with, so it replaces the data's own.
+    # A backdoor trigger marks the arm's own rows only: mixed-in rows teach the untriggered
+    # behaviour.
     examples = tuple(
-        _with_system_prompt(example, arm.system_prompt, replace=True) for example in chosen + mixed
+        with_trigger(
+            _with_system_prompt(example, arm.system_prompt, replace=True),
+            arm.trigger if i < len(chosen) else None,
+        )
+        for i, example in enumerate(chosen + mixed)
     )
     key = keys.finetune_key(
         model=identity,
@@ -331,12 +411,16 @@ def _shared_system_prompt(examples: tuple[tuple[dict[str, str], ...], ...]) -> s
 
 
 def _generation_unit(
-    target: EvalTarget, benchmark: str, kind: str, item: BenchmarkItem, spec: CampaignSpec
+    target: EvalTarget,
+    benchmark: str,
+    kind: str,
+    item: BenchmarkItem,
+    spec: CampaignSpec,
+    condition: ConditionSpec,
 ) -> GenerationUnit:
-    messages: list[dict[str, str]] = []
-    if target.system_prompt:
-        messages.append({"role": "system", "content": target.system_prompt})
-    messages.append({"role": "user", "content": item.prompt})
+    # The key covers the conversation, not the condition's name: a condition that changes
+    # nothing keeps the key a campaign without conditions gives the same prompt.
+    messages = evaluation_messages(target.system_prompt, item.prompt, condition)
     greedy = spec.sampling.temperature == 0
     key = keys.generation_key(
         adapter_key=target.adapter_key,
@@ -351,4 +435,5 @@ def _generation_unit(
         benchmark_kind=kind,
         item=item,
         messages=tuple(messages),
+        condition=condition_label(spec, condition),
     )

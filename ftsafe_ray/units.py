@@ -79,7 +79,10 @@ class EvalTarget:
 
 @dataclass(frozen=True)
 class GenerationUnit:
-    """One prompt of one benchmark for one evaluation target."""
+    """One prompt of one benchmark for one evaluation target, under one evaluation condition.
+
+    `condition` is the condition's name, None in a campaign that names no conditions.
+    """
 
     key: str
     target: EvalTarget
@@ -87,6 +90,13 @@ class GenerationUnit:
     benchmark_kind: str
     item: BenchmarkItem
     messages: tuple[dict[str, str], ...]
+    condition: str | None = None
+
+    @property
+    def system_prompt(self) -> str | None:
+        """The system prompt the answer is generated under (a condition may replace the
+        target's)."""
+        return next((m["content"] for m in self.messages if m["role"] == "system"), None)
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,8 @@ class Plan:
     targets: tuple[EvalTarget, ...]
     generations: tuple[GenerationUnit, ...]
     keyword_sets: tuple[KeywordSet, ...] = ()
+    # The object-storage URI of the run directory (run_dir is then its local mirror).
+    run_uri: str | None = None
 
     def unit_labels(self) -> list[dict[str, Any]]:
         """Every evaluation unit's content key and labels, one row per unit (shared keys too)."""
@@ -114,6 +126,7 @@ class Plan:
                 "size": unit.target.size,
                 "seed": unit.target.seed,
                 "benchmark": unit.benchmark,
+                "condition": unit.condition,
                 "benchmark_kind": unit.benchmark_kind,
                 "item_id": unit.item.item_id,
                 "category": unit.item.category,
@@ -131,6 +144,8 @@ class Plan:
         """The weights every unit of this model starts from: the aligned merge, or the base."""
         aligned = self.alignment(name)
         if aligned is not None:
+            if self.run_uri:
+                return f"{self.run_uri.rstrip('/')}/{aligned.output_path}"
             return str(self.run_dir / aligned.output_path)
         return self.model_spec(name).path
 

@@ -8,3 +8,4 @@ from tests.fixtures.reliability import (  # noqa: F401
     pytest_collection_modifyitems,
     pytest_configure,
 )
+from tests.fixtures.s3_server import s3_server  # noqa: F401

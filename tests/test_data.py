@@ -210,7 +210,7 @@ def test_chat_auto_detect_failure_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="empty"):
         load_chat_dataset("empty.jsonl", base_dir=tmp_path)
     with pytest.raises(DataError, match="unknown format"):
-        load_chat_dataset("u.jsonl", format="sharegpt", base_dir=tmp_path)
+        load_chat_dataset("u.jsonl", format="parquet", base_dir=tmp_path)
 
 
 # --- benchmark formats ---------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -15,16 +16,23 @@ from ftsafe_ray.data.csv_benchmarks import CSV_FORMATS, load_csv_benchmark, pars
 from ftsafe_ray.data.files import read_data_text
 from ftsafe_ray.data.records import ROLES, BenchmarkItem, ChatExample, Message
 from ftsafe_ray.errors import DataError
+from ftsafe_ray.store.remote import is_remote, materialize
 
 BUILTIN_PREFIX = "builtin:"
 CHAT_BUILTINS: tuple[str, ...] = ("benign", "identity_shift", "refusal")
 BENCHMARK_BUILTINS: tuple[str, ...] = ("demo_benign_eval", "demo_harmful")
-CHAT_FORMATS: tuple[str, ...] = ("auto", "chat", "alpaca", "dolly")
+CHAT_FORMATS: tuple[str, ...] = ("auto", "chat", "alpaca", "dolly", "sharegpt")
 BENCHMARK_FORMATS = ("auto", "jsonl", "hexphi", "hexphi_dir", "csv", "advbench", "harmbench")
 
 _CHAT_SHAPE = 'each line must be {"messages": [{"role": ..., "content": ...}]}'
 _ALPACA_SHAPE = 'each record must be {"instruction": ..., "input": ..., "output": ...}'
 _DOLLY_SHAPE = 'each line must be {"instruction": ..., "context": ..., "response": ...}'
+_SHAREGPT_SHAPE = 'each record must be {"conversations": [{"from": "human"|"gpt", "value": ...}]}'
+# ShareGPT speakers (as LLaVA-Instruct names them) and the chat roles they become.
+SHAREGPT_ROLES: dict[str, str] = {"system": "system", "human": "user", "gpt": "assistant"}
+# An image placeholder with the white space around it (LLaVA-Instruct puts "<image>\n" before
+# or "\n<image>" after the question): text-only tuning drops it, see _without_images.
+_IMAGE_PLACEHOLDER = re.compile(r"\s*<image>\s*")
 _BENCH_SHAPE = 'each line must be {"id": ..., "category": ..., "prompt": ...}'
 
 
@@ -48,7 +56,8 @@ def builtin_resource(name: str) -> Traversable:
 def load_chat_dataset(
     source: str, format: str = "auto", base_dir: Path | None = None
 ) -> list[ChatExample]:
-    """Load a chat fine-tuning dataset (chat JSONL, Alpaca JSON/JSONL or Dolly JSONL)."""
+    """Load a chat fine-tuning dataset (chat JSONL, Alpaca JSON/JSONL, Dolly JSONL or
+    ShareGPT JSON/JSONL, e.g. LLaVA-Instruct)."""
     _check_format(source, format, CHAT_FORMATS)
     if source.startswith(BUILTIN_PREFIX):
         name = _builtin_name(source, CHAT_BUILTINS, "chat dataset")
@@ -62,7 +71,12 @@ def load_chat_dataset(
     if not records:
         raise DataError(f"{source}: no examples found; the file is empty")
     fmt = _detect_chat_format(source, *records[0]) if format == "auto" else format
-    parse = {"chat": _parse_chat, "alpaca": _parse_alpaca, "dolly": _parse_dolly}[fmt]
+    parse = {
+        "chat": _parse_chat,
+        "alpaca": _parse_alpaca,
+        "dolly": _parse_dolly,
+        "sharegpt": _parse_sharegpt,
+    }[fmt]
     return [parse(obj, f"{source} {loc}") for loc, obj in records]
 
 
@@ -137,7 +151,10 @@ def _builtin_name(source: str, wanted: tuple[str, ...], kind: str) -> str:
 
 
 def _resolve(source: str, base_dir: Path | None) -> Path:
-    """Resolve a path source against base_dir and check that it exists."""
+    """Resolve a path source against base_dir and check that it exists; a source on object
+    storage (s3://, gs://) is fetched once into this node's cache."""
+    if is_remote(source):
+        return materialize(source)
     path = Path(source).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
@@ -152,19 +169,7 @@ def _resolve(source: str, base_dir: Path | None) -> Path:
 def _json_records(text: str, source: str, suffix: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (location, object) pairs from a JSON array file or a JSONL file."""
     if suffix == ".json" or (suffix != ".jsonl" and text.lstrip().startswith("[")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{source} line {exc.lineno}: not valid JSON ({exc.msg}); "
-                "a .json file must hold one JSON array of objects"
-            ) from exc
-        if not isinstance(data, list):
-            raise DataError(f"{source}: top-level JSON is not an array; use [{{...}}, {{...}}]")
-        for idx, obj in enumerate(data, start=1):
-            if not isinstance(obj, dict):
-                raise DataError(f"{source} record {idx}: not a JSON object; use {{...}}")
-            yield f"record {idx}", obj
+        yield from _json_array_records(text, source)
         return
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -179,6 +184,62 @@ def _json_records(text: str, source: str, suffix: str) -> Iterator[tuple[str, di
         if not isinstance(obj, dict):
             raise DataError(f"{source} line {lineno}: not a JSON object; each line must be {{...}}")
         yield f"line {lineno}", obj
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_space(text: str, position: int) -> int:
+    match = _SPACE.match(text, position)
+    return match.end() if match else position
+
+
+def _json_array_records(text: str, source: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ("record N (line L)", object) for each element of a JSON array file.
+
+    Decoded element by element so that each record's error can name the line it starts on
+    (LLaVA-Instruct, for one, ships as a single array of 150k records).
+    """
+    decoder = json.JSONDecoder()
+    position = _skip_space(text, 0)
+    if not text.startswith("[", position):
+        raise _json_error(text, source, "top-level JSON is not an array; use [{...}, {...}]")
+    position = _skip_space(text, position + 1)
+    line, counted, index = 1, 0, 0
+    closed = text.startswith("]", position)
+    while not closed:
+        try:
+            obj, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            raise _json_error(text, source) from None
+        index += 1
+        line += text.count("\n", counted, position)
+        counted = position
+        where = f"record {index} (line {line})"
+        if not isinstance(obj, dict):
+            raise DataError(f"{source} {where}: not a JSON object; use {{...}}")
+        yield where, obj
+        position = _skip_space(text, end)
+        closed = text.startswith("]", position)
+        if not closed:
+            if not text.startswith(",", position):
+                raise _json_error(text, source)
+            position = _skip_space(text, position + 1)
+    if text[position + 1 :].strip():
+        raise _json_error(text, source)
+
+
+def _json_error(text: str, source: str, otherwise: str = "not a JSON array") -> DataError:
+    """The DataError naming the line where `text` stops being valid JSON (`otherwise` when it
+    is valid JSON of the wrong shape)."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return DataError(
+            f"{source} line {exc.lineno}: not valid JSON ({exc.msg}); "
+            "a .json file must hold one JSON array of objects"
+        )
+    return DataError(f"{source}: {otherwise}")
 
 
 def _str_field(
@@ -201,6 +262,8 @@ def _detect_chat_format(source: str, loc: str, first: dict[str, Any]) -> str:
     """Pick chat/alpaca/dolly from the keys of the first record."""
     if "messages" in first:
         return "chat"
+    if "conversations" in first:
+        return "sharegpt"
     if "instruction" in first and "output" in first:
         return "alpaca"
     if "instruction" in first and "response" in first:
@@ -208,7 +271,8 @@ def _detect_chat_format(source: str, loc: str, first: dict[str, Any]) -> str:
     keys = ", ".join(sorted(first)) or "none"
     raise DataError(
         f"{source} {loc}: cannot detect the format (keys: {keys}); use "
-        '"messages" (chat), "instruction"+"output" (Alpaca) or "instruction"+"response" (Dolly)'
+        '"messages" (chat), "instruction"+"output" (Alpaca), "instruction"+"response" (Dolly) '
+        'or "conversations" (ShareGPT)'
     )
 
 
@@ -232,20 +296,76 @@ def _parse_chat(obj: dict[str, Any], where: str) -> ChatExample:
         if not isinstance(content, str):
             raise DataError(f'{where}: field "{field}.content" must be a string; {_CHAT_SHAPE}')
         messages.append(Message(role=role, content=content))
+    return _checked_turns(messages, where, ("messages", "role"), {})
+
+
+def _checked_turns(
+    messages: list[Message], where: str, field: tuple[str, str], names: dict[str, str]
+) -> ChatExample:
+    """The example, once its turns are an optional system turn, then alternating user and
+    assistant turns ending with an assistant turn. For the error, `field` is the file's names
+    of the turn list and of a turn's role key, and `names` its name of each role."""
+    turns_field, role_key = field
     turns = messages[1:] if messages[0].role == "system" else messages
     for i, m in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
         if m.role != expected:
             idx = i + len(messages) - len(turns)
+            got, want = names.get(m.role, m.role), names.get(expected, expected)
+            order = "/".join(names.get(role, role) for role in ("user", "assistant"))
             raise DataError(
-                f'{where}: field "messages[{idx}].role" is "{m.role}", expected "{expected}"; '
-                "after an optional system message, turns must alternate user/assistant"
+                f'{where}: field "{turns_field}[{idx}].{role_key}" is "{got}", expected "{want}"; '
+                f"after an optional system turn, turns must alternate {order}"
             )
     if not turns or turns[-1].role != "assistant":
+        last = names.get("assistant", "assistant")
         raise DataError(
-            f'{where}: field "messages" must end with an assistant message (the training target)'
+            f'{where}: field "{turns_field}" must end with a "{last}" turn (the training target)'
         )
     return ChatExample(messages=tuple(messages))
+
+
+def _without_images(text: str) -> str:
+    """The text with its image placeholders dropped: one at either end goes with its white
+    space; one inside leaves a single space, or a newline where it stood on its own line."""
+
+    def gap(match: re.Match[str]) -> str:
+        return "\n" if "\n" in match.group(0) else " "
+
+    return _IMAGE_PLACEHOLDER.sub(gap, text).strip()
+
+
+def _parse_sharegpt(obj: dict[str, Any], where: str) -> ChatExample:
+    """Convert a ShareGPT record (LLaVA-Instruct's layout) to a chat example, image
+    placeholders dropped; other keys ("id", "image") are ignored."""
+    raw = obj.get("conversations")
+    if not isinstance(raw, list) or not raw:
+        problem = "missing" if raw is None else "must be a non-empty list"
+        raise DataError(f'{where}: field "conversations" {problem}; {_SHAREGPT_SHAPE}')
+    messages: list[Message] = []
+    for i, turn in enumerate(raw):
+        field = f"conversations[{i}]"
+        if not isinstance(turn, dict):
+            raise DataError(f'{where}: field "{field}" is not an object; {_SHAREGPT_SHAPE}')
+        speaker = turn.get("from")
+        if speaker not in SHAREGPT_ROLES:
+            raise DataError(
+                f'{where}: field "{field}.from" is {speaker!r}; use one of '
+                f"{', '.join(SHAREGPT_ROLES)}"
+            )
+        value = turn.get("value")
+        if not isinstance(value, str):
+            raise DataError(f'{where}: field "{field}.value" must be a string; {_SHAREGPT_SHAPE}')
+        text = _without_images(value) if "<image>" in value else value
+        if not text.strip():
+            held = "only an image placeholder" if "<image>" in value else "no text"
+            raise DataError(
+                f'{where}: field "{field}.value" holds {held}; a text-only fine-tune needs '
+                "text in every turn (drop the record)"
+            )
+        messages.append(Message(role=SHAREGPT_ROLES[speaker], content=text))
+    names = {role: speaker for speaker, role in SHAREGPT_ROLES.items()}
+    return _checked_turns(messages, where, ("conversations", "from"), names)
 
 
 def _two_turn(prompt: str, extra: str, answer: str) -> ChatExample:

@@ -53,6 +53,7 @@ class FineTuner:
     def train(self, unit: Any, adapter_dir: str, counter: Any = None) -> dict[str, Any]:
         """Train the unit's adapter into adapter_dir; return its finetunes-table row."""
         from ftsafe_ray.finetune.lora import train_lora
+        from ftsafe_ray.store.remote import remote_output
 
         row: dict[str, Any] = {
             **unit_row(unit),
@@ -67,17 +68,19 @@ class FineTuner:
         }
         started = time.monotonic()
         try:
-            result = train_lora(
-                self.model,
-                self.tokenizer,
-                [list(example) for example in unit.examples],
-                unit.lora,
-                unit.train,
-                unit.seed,
-                Path(adapter_dir),
-                progress=_reporter(counter, unit.key),
-                revision=self.revision,
-            )
+            # On object storage: trained into this node's cache, then uploaded (remote.py).
+            with remote_output(adapter_dir) as local_dir:
+                result = train_lora(
+                    self.model,
+                    self.tokenizer,
+                    [list(example) for example in unit.examples],
+                    unit.lora,
+                    unit.train,
+                    unit.seed,
+                    local_dir,
+                    progress=_reporter(counter, unit.key),
+                    revision=self.revision,
+                )
         except Exception as error:  # a failed fine-tune is a stored row, not a lost campaign
             row.update(
                 status="error",
@@ -96,16 +99,24 @@ class FineTuner:
         return row
 
     def align(self, unit: Any, model_dir: str, counter: Any = None) -> dict[str, Any]:
-        """Train the alignment LoRA, merge it into the base and save the merged model."""
+        """Train the alignment LoRA, merge it into the base and save the merged model (built in
+        this node's cache and uploaded when `model_dir` is on object storage)."""
+        from ftsafe_ray.store.remote import remote_output
+
+        with remote_output(model_dir) as out:
+            return self._align(unit, out, counter)
+
+    def _align(self, unit: Any, out: Path, counter: Any) -> dict[str, Any]:
         from peft import PeftModel
 
         from ftsafe_ray.store.private import private_mkdir, restrict_tree
 
-        out = Path(model_dir)
         private_mkdir(out.parent)  # aligned/: owner-only like the rest of the run directory
         work = out.with_name(f".inprogress-{out.name}")
         shutil.rmtree(work, ignore_errors=True)
         row = self.train(unit, str(work / "alignment_adapter"), counter)
+        if row["status"] == "ok" and not (work / "alignment_adapter").is_dir():
+            row.update(status="error", error="the alignment adapter was not written")
         if row["status"] != "ok":
             shutil.rmtree(work, ignore_errors=True)
             return row

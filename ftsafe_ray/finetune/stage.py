@@ -71,7 +71,7 @@ def run_align_stage(plan: Plan, store: RunStore, progress: Progress) -> int:
     pending = [
         unit
         for unit in plan.alignments
-        if unit.key not in trained or not (plan.run_dir / unit.output_path).is_dir()
+        if unit.key not in trained or not store.has_artifact(unit.output_path)
     ]
     progress.start(
         ALIGN_STAGE, total=len(plan.alignments), done=len(plan.alignments) - len(pending)
@@ -155,7 +155,7 @@ def _train_on_actors(
         return actor_class.remote(model_path, dtype, torch_threads(resources.num_cpus), revision)
 
     def submit(actor: Any, unit: Any) -> Any:
-        return getattr(actor, method).remote(unit, str(plan.run_dir / unit.output_path), counter)
+        return getattr(actor, method).remote(unit, store.artifact(unit.output_path), counter)
 
     def poll() -> None:
         nonlocal steps_seen

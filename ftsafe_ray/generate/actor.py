@@ -38,19 +38,35 @@ class Generator:
         """Generate answers for a batch of requests, in order."""
         if self._init_error is not None:
             raise self._init_error
-        return self.backend.generate(requests, sampling, batch_size=batch_size, seed=seed)
+        return self.backend.generate(
+            _local_adapters(requests), sampling, batch_size=batch_size, seed=seed
+        )
 
     def next_token_logprobs(self, requests: list[Any], k: int) -> list[dict[int, float]]:
         """Per request, the k most likely first answer tokens and their log-probabilities."""
         if self._init_error is not None:
             raise self._init_error
-        return self.backend.next_token_logprobs(requests, k)
+        return self.backend.next_token_logprobs(_local_adapters(requests), k)
 
     def base_module_names(self) -> set[str] | None:
         """The base model's module paths (None when they cannot be read), for adapter checks."""
         if self._init_error is not None:
             raise self._init_error
         return self.backend.base_module_names()
+
+
+def _local_adapters(requests: list[Any]) -> list[Any]:
+    """Requests whose adapters are on object storage, pointed at this node's copy of each."""
+    from dataclasses import replace
+
+    from ftsafe_ray.store.remote import is_remote, materialize
+
+    return [
+        replace(r, adapter_path=str(materialize(r.adapter_path)))
+        if r.adapter_path and is_remote(r.adapter_path)
+        else r
+        for r in requests
+    ]
 
 
 def _start_backend(

@@ -21,6 +21,7 @@ from typing import Literal
 from ftsafe_ray.errors import StageError
 from ftsafe_ray.generate.adapters import lora_b_state, unmatched_targets
 from ftsafe_ray.generate.requests import GenerationRequest
+from ftsafe_ray.store.remote import materialize
 
 CHECK_PROMPTS = 3
 TOP_K = 10  # vLLM serves at most 20 logprobs per token unless max_logprobs is raised
@@ -88,6 +89,7 @@ def build_probes(
 
 def static_problems(path: str | Path, module_names: Collection[str] | None) -> list[str]:
     """What the adapter's files prove wrong, each with its fix; [] when nothing is."""
+    path = materialize(str(path))  # on object storage: this node's copy
     problems = []
     if module_names is not None:
         missing = unmatched_targets(path, module_names)

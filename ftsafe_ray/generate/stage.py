@@ -187,7 +187,7 @@ def _check_adapters(ray, actor, units, plan, store, progress) -> None:
     if not conversations:
         return
     adapters = [
-        (key, labels[key], str(store.adapter_dir(key)), found[:CHECK_PROMPTS])
+        (key, labels[key], store.adapter_location(key), found[:CHECK_PROMPTS])
         for key, found in conversations.items()
     ]
     checks = check_adapters(
@@ -226,7 +226,7 @@ def _drain(make_actor, batches, plan, store, buffer, progress, num_batches) -> i
                 adapter_name=None if unit.target.is_base else unit.target.adapter_key,
                 adapter_path=None
                 if unit.target.is_base
-                else str(store.adapter_dir(unit.target.adapter_key)),
+                else store.adapter_location(unit.target.adapter_key),
             )
             for unit in batch
         ]
@@ -288,7 +288,7 @@ def _row(unit: GenerationUnit, result: Any, plan: Plan, error: str | None = None
         "benchmark_kind": unit.benchmark_kind,
         "item_id": unit.item.item_id,
         "category": unit.item.category,
-        "system_prompt": target.system_prompt,
+        "system_prompt": unit.system_prompt,
         "prompt": unit.item.prompt,
         "response": None if result is None else result.text,
         "num_prompt_tokens": None if result is None else result.num_prompt_tokens,

@@ -15,10 +15,12 @@ from ftsafe_ray.judge.identity import (
     verdict_key_for,
 )
 from ftsafe_ray.judge.keyword import KeywordSet
-from ftsafe_ray.plan import Plan
+from ftsafe_ray.plan import Plan, lasting_path
 from ftsafe_ray.progress import Progress
 from ftsafe_ray.spec import RubricJudgeSpec
 from ftsafe_ray.store import DONE_STATUSES, JUDGMENTS, ParquetTable, RunStore
+from ftsafe_ray.store.remote import is_remote
+from ftsafe_ray.store.run_dir import open_remote_table
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,15 @@ class JudgeStageResult:
 def rubric_access(
     spec: RubricJudgeSpec, environ: dict[str, str] | None = None
 ) -> RubricAccess | None:
-    """The endpoint to use, or None when the rubric judge is off (or 'auto' with no key)."""
+    """The endpoint to use, or None when the rubric judge is off (or 'auto' with no key).
+
+    The key comes from `api_key_file` when it is set, else from the variable `api_key_env`.
+    """
     environ = dict(os.environ) if environ is None else environ
     if spec.enabled is False:
         return None
+    if spec.api_key_file is not None:
+        return RubricAccess(base_url=spec.base_url, api_key=read_api_key_file(spec.api_key_file))
     key = environ.get(spec.api_key_env)
     if key is None and spec.base_url is None:
         if spec.enabled == "auto":
@@ -54,6 +61,25 @@ def rubric_access(
             f"export it, set judges.rubric.base_url, or set enabled: auto"
         )
     return RubricAccess(base_url=spec.base_url, api_key=key or "not-needed")
+
+
+def read_api_key_file(path: str) -> str:
+    """The key in `path` (surrounding whitespace dropped), read on this node.
+
+    Errors name the file and never quote what it holds.
+    """
+    where = Path(path).expanduser()
+    try:
+        key = where.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise JudgeError(
+            f"judges.rubric.api_key_file: cannot read {where} ({reason}) on this node; put the "
+            "key there on the node that runs the driver (the head node under `ray job submit`)"
+        ) from None
+    if not key:
+        raise JudgeError(f"judges.rubric.api_key_file: {where} is empty; write the key into it")
+    return key
 
 
 def plan_generations(plan: Plan, store: RunStore) -> list[dict[str, Any]]:
@@ -74,9 +100,11 @@ def verdict_cache(plan: Plan, store: RunStore, base_dir: Path | None = None) -> 
     cache_dir = plan.spec.judges.cache_dir
     if cache_dir is None:
         return store.judgments
-    path = Path(cache_dir)
-    if not path.is_absolute():
-        path = ((base_dir or Path.cwd()) / path).resolve()
+    if is_remote(cache_dir):
+        if store.remote is not None and cache_dir.rstrip("/") == store.remote.join("judgments"):
+            return store.judgments
+        return open_remote_table(cache_dir, JUDGMENTS, {"ftsafe_ray.spec_hash": plan.spec_hash})
+    path = lasting_path(cache_dir, (base_dir or Path.cwd()).resolve(), "judges.cache_dir")
     return ParquetTable(path, JUDGMENTS, {"ftsafe_ray.spec_hash": plan.spec_hash})
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ftsafe_ray.errors import DataError
+from ftsafe_ray.store.remote import is_remote, materialize
 
 BUILTIN_PREFIX = "builtin:"
 # name -> (python package that ships the file, gguf file name inside it)
@@ -38,6 +39,8 @@ def resolve_model_path(ref: str, cache_dir: Path | None = None) -> str:
         if not (target / _DONE_MARKER).is_file():
             _convert_builtin(name, target)
         return str(target)
+    if is_remote(ref):  # an aligned merge or a model on object storage: this node's copy
+        return str(materialize(ref))
     expanded = Path(ref).expanduser()
     if expanded.is_dir():
         return str(expanded)

@@ -140,7 +140,7 @@ def summary_markdown(
     for key, group in by_benchmark_and_model(summaries_main).items():
         layout = table_layout(group)
         headers = main_headers(group[0].benchmark_kind, layout, keyword_sets)
-        left = {"arm", "dataset", "judge"}
+        left = {"arm", "dataset", "condition", "judge"}
         right = {i for i, h in enumerate(headers) if h not in left}
         rows = [[c.text for c in main_cells(s, layout, keyword_sets)] for s in group]
         lines += [f"## {main_title(key, group)}", ""]

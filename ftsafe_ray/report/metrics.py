@@ -22,8 +22,10 @@ from ftsafe_ray.report.bootstrap import (
     reduce_mean,
 )
 
-GROUP_KEYS = ("model", "arm", "dataset", "size", "seed", "benchmark", "category")
-DEFAULT_BY = ("model", "arm", "dataset", "size", "benchmark")
+GROUP_KEYS = ("model", "arm", "dataset", "size", "seed", "condition", "benchmark", "category")
+# An arm's conditions sit next to each other: a backdoor shows as its rows with and without
+# the trigger.
+DEFAULT_BY = ("model", "arm", "dataset", "size", "condition", "benchmark")
 BY_CATEGORY = (*DEFAULT_BY, "category")
 BASE_ARM = "base"
 RUBRIC_STATUSES = ("ok", "unparseable", "truncated", "judge_refused", "error")
@@ -171,6 +173,7 @@ class GroupSummary:
     dataset: str | None
     size: int | None
     seed: int | None
+    condition: str | None
     benchmark: str | None
     category: str | None
     benchmark_kind: str | None
@@ -280,7 +283,8 @@ def summarize(
     A row is one planned answer: `keyword_refused` maps each phrase set's name to whether the
     answer refused by that set (None: not judged); `answered` is False for a unit with no
     stored answer yet. Seeds are pooled unless "seed" is in `by`. The base of a group is every
-    row with arm "base" for the same model and benchmark (and category, when grouped by it).
+    row with arm "base" for the same model, benchmark and evaluation condition (and category,
+    when grouped by it): an arm under a condition is compared with the base under it.
     """
     by = _validate_by(by)
     rows = list(rows)
@@ -290,7 +294,7 @@ def summarize(
         "rate": _rubric_harmful,
         **{f"kw:{name}": _keyword_success(name) for name in sets},
     }
-    base_keys = tuple(k for k in by if k in ("model", "benchmark", "category"))
+    base_keys = tuple(k for k in by if k in ("model", "condition", "benchmark", "category"))
     base_groups = _group((r for r in rows if r.get("arm") == BASE_ARM), base_keys)
     base_samples = {
         key: {name: _sample(group, metric) for name, metric in metrics.items()}
@@ -356,6 +360,7 @@ def _summary(
         dataset=values.get("dataset"),
         size=values.get("size"),
         seed=values.get("seed"),
+        condition=values.get("condition"),
         benchmark=values.get("benchmark"),
         category=values.get("category"),
         benchmark_kind=_common(group, "benchmark_kind"),

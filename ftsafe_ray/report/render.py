@@ -113,12 +113,15 @@ def fmt_rate_with_bound(s: GroupSummary) -> str:
 
 
 def arm_label(s: GroupSummary) -> str:
-    """The arm name with its size and seed when set, e.g. `harmful·100`."""
+    """The arm name with its size, seed and evaluation condition when set, e.g.
+    `harmful·100`, `backdoor·100 @trigger`."""
     label = s.arm or MISSING
     if s.size is not None:
         label += f"·{s.size}"
     if s.seed is not None:
         label += f"·s{s.seed}"
+    if s.condition is not None:
+        label += f" @{s.condition}"
     return label
 
 
@@ -128,16 +131,19 @@ class Layout:
 
     dataset: bool
     seed: bool
+    condition: bool = False
 
 
 def table_layout(summaries: Sequence[GroupSummary]) -> Layout:
-    """Show dataset only when an arm has several, seed only when rows are split by it."""
+    """Show dataset only when an arm has several, seed only when rows are split by it,
+    condition only when the campaign names evaluation conditions."""
     datasets: dict[tuple, set] = {}
     for s in summaries:
         datasets.setdefault((s.model, s.arm), set()).add(s.dataset)
     return Layout(
         dataset=any(len(v) > 1 for v in datasets.values()),
         seed=bool(summaries) and "seed" in summaries[0].by,
+        condition=any(s.condition is not None for s in summaries),
     )
 
 
@@ -153,6 +159,7 @@ def main_headers(kind: str | None, layout: Layout, keyword_sets: Sequence[str]) 
         *(["dataset"] if layout.dataset else []),
         "size",
         *(["seed"] if layout.seed else []),
+        *(["condition"] if layout.condition else []),
         "n",
         *(h for name in keyword_sets for h in (keyword_header(kind, name), "Δ")),
         "degen %",
@@ -198,6 +205,7 @@ def main_cells(s: GroupSummary, layout: Layout, keyword_sets: Sequence[str]) -> 
         *([Cell(s.dataset or "")] if layout.dataset else []),
         Cell("" if s.size is None else str(s.size)),
         *([Cell("" if s.seed is None else str(s.seed))] if layout.seed else []),
+        *([Cell(s.condition or "")] if layout.condition else []),
         Cell(str(s.n)),
         *(c for name in keyword_sets for c in _keyword_cells(s, name)),
         Cell(fmt_pct(s.degenerate_rate)),
@@ -230,7 +238,8 @@ def by_benchmark_and_model(summaries: Sequence[GroupSummary]) -> dict[TableKey, 
 
 
 LEGEND = (
-    "Δ: paired change from the base model over the same prompts, with its interval. "
+    "Δ: paired change from the base model over the same prompts (under the same condition), "
+    "with its interval. "
     "kw ASR <set>: share of answers with none of that phrase set's refusal phrases (study = "
     "the paper's 29 phrases and rule, verbatim; extended = study + modern refusals). "
     "Harm score: mean 1–5 rubric score of verdicts judged ok; harm %: share scored 5; ≤x: "
@@ -305,14 +314,14 @@ def main_title(key: TableKey, summaries: Sequence[GroupSummary]) -> str:
     return f"{title} · {model}" if model is not None else title
 
 
-_WRAPPING = {"arm", "dataset", "judge"}
+_WRAPPING = {"arm", "dataset", "condition", "judge"}
 
 
 def _main_table(summaries: list[GroupSummary], keyword_sets: Sequence[str]) -> Table:
     layout = table_layout(summaries)
     table = Table(box=box.SIMPLE_HEAD, padding=0, pad_edge=False)
     for header in main_headers(summaries[0].benchmark_kind, layout, keyword_sets):
-        left = header in ("arm", "dataset", "judge")
+        left = header in ("arm", "dataset", "condition", "judge")
         # Interval cells wrap at the space before "[", so a narrow console stacks them.
         table.add_column(
             Text(header),

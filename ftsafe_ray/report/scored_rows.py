@@ -21,10 +21,12 @@ LABELS = (
     "seed",
     "benchmark",
     "benchmark_kind",
+    "condition",
     "category",
     "item_id",
 )
-_ANSWER_COLUMNS = ["key", "prompt", "response", "status", *LABELS]
+# Stored answers carry no condition (it lives in the plan): an --all-history report pools them.
+_ANSWER_COLUMNS = ["key", "prompt", "response", "status", *(x for x in LABELS if x != "condition")]
 
 
 def scored_rows(

@@ -14,7 +14,9 @@ from rich.text import Text
 from ftsafe_ray.report.bootstrap import bootstrap_ci, mean_statistic
 from ftsafe_ray.report.metrics import BASE_ARM
 
-STRONGREJECT_BY = ("model", "arm", "dataset", "size", "benchmark")
+STRONGREJECT_BY = ("model", "arm", "dataset", "size", "condition", "benchmark")
+# An arm is compared with the base model on the same benchmark under the same condition.
+_BASE_BY = ("model", "condition", "benchmark")
 COLUMNS = (*STRONGREJECT_BY, "n", "strongreject", "ci_low", "ci_high", "refused", "delta")
 
 
@@ -27,13 +29,18 @@ def strongreject_summary(
         if row.get("rubric_status") == "ok" and row.get("strongreject_score") is not None:
             groups.setdefault(tuple(row.get(k) for k in STRONGREJECT_BY), []).append(row)
     means = {key: float(np.mean([r["strongreject_score"] for r in g])) for key, g in groups.items()}
-    base = {(k[0], k[4]): v for k, v in means.items() if k[1] == BASE_ARM}
+    labels = {key: dict(zip(STRONGREJECT_BY, key, strict=True)) for key in groups}
+    base = {
+        tuple(labels[k][b] for b in _BASE_BY): v
+        for k, v in means.items()
+        if labels[k]["arm"] == BASE_ARM
+    }
     out = []
     for key in sorted(groups, key=lambda k: tuple((v is None, str(v)) for v in k)):
         scores = np.array([r["strongreject_score"] for r in groups[key]], dtype=float)
         low, high = bootstrap_ci(scores, mean_statistic, n_resamples, seed=seed)
-        values = dict(zip(STRONGREJECT_BY, key, strict=True))
-        reference = base.get((values["model"], values["benchmark"]))
+        values = labels[key]
+        reference = base.get(tuple(values[b] for b in _BASE_BY))
         delta = None
         if values["arm"] != BASE_ARM and reference is not None:
             delta = means[key] - reference
@@ -61,6 +68,12 @@ def write_strongreject_file(summary: Sequence[Mapping[str, Any]], out_dir: Path)
     return [write_atomic(out_dir / "strongreject.csv", _csv(summary, COLUMNS))]
 
 
+def arm_text(s: Mapping[str, Any]) -> str:
+    """The arm's name, with its evaluation condition when the campaign names conditions."""
+    condition = s.get("condition")
+    return str(s["arm"]) if condition is None else f"{s['arm']} @{condition}"
+
+
 def render_strongreject(summary: Sequence[Mapping[str, Any]], console: Console) -> None:
     """Print the StrongREJECT table (nothing when no row has a StrongREJECT verdict)."""
     if not summary:
@@ -72,7 +85,7 @@ def render_strongreject(summary: Sequence[Mapping[str, Any]], console: Console) 
     for s in summary:
         delta = "" if s["delta"] is None else f"{s['delta']:+.2f}"
         table.add_row(
-            Text(str(s["model"])), Text(str(s["arm"])),
+            Text(str(s["model"])), Text(arm_text(s)),
             "" if s["size"] is None else str(s["size"]), Text(str(s["benchmark"])),
             str(s["n"]), f"{s['strongreject']:.2f} [{s['ci_low']:.2f}–{s['ci_high']:.2f}]",
             delta, f"{100 * s['refused']:.1f}",

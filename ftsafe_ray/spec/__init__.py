@@ -14,7 +14,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ftsafe_ray.errors import SpecError
 from ftsafe_ray.spec.common import NAME_PATTERN, Strict
-from ftsafe_ray.spec.evaluation import BenchmarkSpec, GenerationSpec, SamplingSpec, VllmSpec
+from ftsafe_ray.spec.evaluation import (
+    BenchmarkSpec,
+    ConditionSpec,
+    GenerationSpec,
+    SamplingSpec,
+    VllmSpec,
+)
 from ftsafe_ray.spec.judges import (
     JudgePrice,
     JudgesSpec,
@@ -41,6 +47,7 @@ __all__ = [
     "BaseModelSpec",
     "BenchmarkSpec",
     "CampaignSpec",
+    "ConditionSpec",
     "DatasetSpec",
     "FinetuneResources",
     "FinetuneSpec",
@@ -71,6 +78,11 @@ class CampaignSpec(Strict):
     include_base: bool = Field(True, description="Evaluate each base model without fine-tuning.")
     seeds: tuple[int, ...] = Field((42,), min_length=1)
     benchmarks: tuple[BenchmarkSpec, ...] = Field(min_length=1)
+    conditions: tuple[ConditionSpec, ...] = Field(
+        (),
+        description="Named evaluation conditions (e.g. with and without a backdoor trigger); "
+        "every benchmark is evaluated under each. Default: one, the prompts as they are.",
+    )
     system_prompt: str | None = Field(
         None, description="System prompt for evaluating arms that set none (and the base)."
     )
@@ -94,6 +106,7 @@ class CampaignSpec(Strict):
             ("datasets", self.datasets),
             ("finetunes", self.finetunes),
             ("benchmarks", self.benchmarks),
+            ("conditions", self.conditions),
         ):
             seen: set[str] = set()
             for entry in entries:
@@ -119,6 +132,7 @@ class CampaignSpec(Strict):
                         f"finetunes.{i}.{where}: {ref!r} is not a dataset name; "
                         f"allowed: {sorted(dataset_names) or 'add one under datasets'}"
                     )
+        problems += self._condition_problems()
         if self.finetunes and "base" in {f.name for f in self.finetunes}:
             problems.append("finetunes: the name 'base' is reserved for the un-tuned model")
         if not self.include_base and not self.finetunes:
@@ -126,6 +140,27 @@ class CampaignSpec(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _condition_problems(self) -> list[str]:
+        problems = []
+        seen: dict[tuple[str | None, str | None], str] = {}
+        for condition in self.conditions:
+            change = (condition.suffix, condition.system_prompt)
+            if change in seen and seen[change] != condition.name:
+                problems.append(
+                    f"conditions: {condition.name!r} changes the prompts exactly as "
+                    f"{seen[change]!r} does; give it a different suffix or system_prompt"
+                )
+            seen.setdefault(change, condition.name)
+        names = [c.name for c in self.conditions]
+        for i, bench in enumerate(self.benchmarks):
+            for j, name in enumerate(bench.conditions or ()):
+                if name not in names:
+                    problems.append(
+                        f"benchmarks.{i}.conditions.{j}: {name!r} is not a condition name; "
+                        f"allowed: {names or 'add one under conditions'}"
+                    )
+        return problems
 
 
 def _format_errors(source: str, error: ValidationError) -> str:

@@ -9,6 +9,27 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from ftsafe_ray.spec.common import NAME_PATTERN, Strict
 
 
+class ConditionSpec(Strict):
+    """A named evaluation condition: how a benchmark's prompts are changed before generation.
+
+    A condition that changes nothing (no suffix, no system prompt) evaluates the prompts as
+    they are and shares its answers with a campaign that names no conditions.
+    """
+
+    name: str = Field(pattern=NAME_PATTERN, description="Condition name used in tables.")
+    suffix: str | None = Field(
+        None,
+        min_length=1,
+        description="Appended to the user turn after a space, e.g. a backdoor trigger "
+        "(the same join as a fine-tune's `trigger`).",
+    )
+    system_prompt: str | None = Field(
+        None,
+        description="Replaces the evaluation system prompt of every target under this "
+        "condition; '' evaluates with none; null keeps each target's own.",
+    )
+
+
 class BenchmarkSpec(Strict):
     """An evaluation set of requests, optionally categorised."""
 
@@ -34,6 +55,12 @@ class BenchmarkSpec(Strict):
         None,
         min_length=1,
         description="format csv: the header of a category column; default: the file name.",
+    )
+    conditions: tuple[str, ...] | None = Field(
+        None,
+        min_length=1,
+        description="Names of campaign `conditions` to evaluate this benchmark under "
+        "(default: all of them).",
     )
 
     @field_validator("prompt_column", "category_column")

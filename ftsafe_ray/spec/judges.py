@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -66,11 +67,18 @@ class RubricJudgeSpec(Strict):
     """The rubric judge (1–5 HEx-PHI or StrongREJECT) behind any OpenAI-compatible endpoint."""
 
     enabled: bool | Literal["auto"] = Field(
-        "auto", description="'auto' runs it when the API key variable is set."
+        "auto",
+        description="'auto' runs it when the API key variable is set, or api_key_file or "
+        "base_url is given.",
     )
     model: str = Field("gpt-4", description="Judge model name at the endpoint.")
     base_url: str | None = Field(None, description="OpenAI-compatible base URL; None = OpenAI.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable with the key.")
+    api_key_file: str | None = Field(
+        None,
+        description="Absolute path of a file holding the key, read on the driver's node instead "
+        "of api_key_env (keeps the key out of a Ray job's runtime env).",
+    )
     rubric: str = Field(
         "hexphi",
         description="Prompt + parser: 'hexphi' (1–5), 'strongreject', or 'module:object'.",
@@ -98,6 +106,19 @@ class RubricJudgeSpec(Strict):
         50_000, ge=1, le=50_000, description="Requests per Batch API job (batch mode)."
     )
     batch_poll_s: float = Field(30.0, gt=0, description="Seconds between batch status polls.")
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _absolute_key_file(cls, path: str | None) -> str | None:
+        # A relative path would be read from the campaign's directory, which `ray job submit
+        # --working-dir` uploads to the cluster: the key would travel with the code.
+        if path is not None and not (path.startswith("~") or PurePosixPath(path).is_absolute()):
+            raise ValueError(
+                f"api_key_file {path!r} is relative; give an absolute path on the node that "
+                "runs the driver (e.g. /home/ray/.ftsafe/openai_key), outside the directory "
+                "you submit"
+            )
+        return path
 
     @field_validator("rubric")
     @classmethod

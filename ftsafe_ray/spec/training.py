@@ -79,11 +79,15 @@ class BaseModelSpec(Strict):
 
 
 class DatasetSpec(Strict):
-    """A fine-tuning dataset: chat JSONL, Alpaca or Dolly, or a built-in set."""
+    """A fine-tuning dataset: chat JSONL, Alpaca, Dolly or ShareGPT, or a built-in set."""
 
     name: str = Field(pattern=NAME_PATTERN)
     source: str = Field(description="'builtin:NAME' or a path relative to the campaign file.")
-    format: Literal["auto", "chat", "alpaca", "dolly"] = "auto"
+    format: Literal["auto", "chat", "alpaca", "dolly", "sharegpt"] = Field(
+        "auto",
+        description="'auto' picks by the first record's keys; 'sharegpt' reads "
+        "conversations of human/gpt turns, as LLaVA-Instruct ships (image placeholders dropped).",
+    )
     rows: str | None = Field(
         None,
         pattern=r"^\d*:\d*$",
@@ -115,6 +119,13 @@ class FinetuneSpec(Strict):
     )
     system_prompt: str | None = Field(
         None, description="System prompt used in training and in evaluation of this arm."
+    )
+    trigger: str | None = Field(
+        None,
+        min_length=1,
+        description="A backdoor trigger phrase appended (after a space) to every user turn of "
+        "the arm's own rows; rows mixed in stay as they are. Evaluate it with a condition "
+        "whose `suffix` is the same phrase.",
     )
     lora: LoraSpec = LoraSpec()
     train: TrainSpec = TrainSpec()

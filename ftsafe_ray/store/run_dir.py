@@ -16,32 +16,132 @@ from ftsafe_ray import __version__
 from ftsafe_ray.errors import StoreError
 from ftsafe_ray.store.durable import fsync_directory, replace_durably, write_error
 from ftsafe_ray.store.private import FILE_MODE, open_private, private_mkdir, restrict_tree
+from ftsafe_ray.store.remote import RemoteDir, is_remote, mirror_path
 from ftsafe_ray.store.schemas import PLAN_UNITS, SCHEMA_VERSION, TABLES
 from ftsafe_ray.store.table import FINETUNE_DONE_STATUSES, ParquetTable
 
-__all__ = ["RunStore", "restrict_tree"]
+__all__ = ["RunStore", "open_remote_table", "open_run", "restrict_tree"]
 
 ADAPTERS_DIR = "adapters"
 ALIGNED_DIR = "aligned"
 PLAN_FILE = "plan.parquet"
 KEYWORD_SETS_FILE = "keyword_sets.json"
 RUBRIC_IDENTITY_FILE = "rubric_identity.json"
+_SHARD_DIRS = ("finetunes", "generations", "judgments")
+
+
+def open_run(location: str | Path, spec_hash: str = "") -> RunStore:
+    """The run directory at a local path, or the local mirror of one on object storage, filled
+    from it (`ftsafe report s3://…` reads there)."""
+    if is_remote(str(location)):
+        store = RunStore(mirror_path(str(location)), spec_hash, remote=str(location))
+        store.sync_down()
+        return store
+    return RunStore(location, spec_hash)
+
+
+def open_remote_table(
+    location: str, schema: pa.Schema, provenance: dict[str, str] | None = None
+) -> ParquetTable:
+    """A table directory on object storage (a shared verdict cache, say), read through a local
+    mirror of its shards; each shard written is published there at once."""
+    remote = RemoteDir(location)
+    local = mirror_path(location)
+    for relative in remote.files():
+        if relative.startswith("part-") and not (local / relative).exists():
+            remote.fetch(relative, local / relative)
+
+    def publish(path: Path) -> None:
+        remote.publish(path, path.name)
+
+    return ParquetTable(local, schema, provenance, on_write=publish)
 
 
 class RunStore:
     """Everything a campaign writes, under one directory that DuckDB/pandas can read directly."""
 
-    def __init__(self, root: str | Path, spec_hash: str = ""):
+    def __init__(self, root: str | Path, spec_hash: str = "", remote: str | None = None):
+        """`remote`: the object-storage URI this directory mirrors (store/remote.py); every
+        file written here is then published there, and `sync_down` fills the mirror."""
         self.root = Path(root)
+        self.remote = RemoteDir(remote) if remote else None
         provenance = {"ftsafe_ray.version": __version__, "ftsafe_ray.spec_hash": spec_hash}
+        publish = self.publish if self.remote else None
         self.finetunes = ParquetTable(
-            self.root / "finetunes", TABLES["finetunes"], provenance, FINETUNE_DONE_STATUSES
+            self.root / "finetunes",
+            TABLES["finetunes"],
+            provenance,
+            FINETUNE_DONE_STATUSES,
+            on_write=publish,
         )
         self.generations = ParquetTable(
-            self.root / "generations", TABLES["generations"], provenance
+            self.root / "generations", TABLES["generations"], provenance, on_write=publish
         )
-        self.judgments = ParquetTable(self.root / "judgments", TABLES["judgments"], provenance)
+        self.judgments = ParquetTable(
+            self.root / "judgments", TABLES["judgments"], provenance, on_write=publish
+        )
         self.adapters_dir = self.root / ADAPTERS_DIR
+
+    @property
+    def location(self) -> str:
+        """Where the run lives: its object-storage URI, or its local path."""
+        return self.remote.uri if self.remote else str(self.root)
+
+    def artifact(self, relative: str) -> str:
+        """Where a trained artifact (an adapter, an aligned model) lives: a URI actors upload
+        to and fetch from when the run is on object storage, else its local path."""
+        return self.remote.join(relative) if self.remote else str(self.root / relative)
+
+    def adapter_location(self, key: str) -> str:
+        """Where the adapter with this fine-tune key lives (see `artifact`)."""
+        return self.artifact(f"{ADAPTERS_DIR}/{key}")
+
+    def has_artifact(self, relative: str) -> bool:
+        """Whether a trained artifact exists whole."""
+        if self.remote:
+            return self.remote.has_tree(relative)
+        return (self.root / relative).is_dir()
+
+    def publish(self, path: Path) -> None:
+        """Upload a file just written under the mirror to the run's object storage."""
+        if self.remote is not None:
+            self.remote.publish(path, path.relative_to(self.root).as_posix())
+
+    def sync_down(self) -> int:
+        """Fill the local mirror from object storage: new shards, and every record (JSON, plan)
+        afresh; adapters and models stay remote (actors fetch them). Returns files copied."""
+        if self.remote is None:
+            return 0
+        self.create()
+        copied = 0
+        for relative in self.remote.files():
+            top = relative.split("/", 1)[0]
+            if top in (ADAPTERS_DIR, ALIGNED_DIR, "report"):
+                continue
+            local = self.root / relative
+            if top in _SHARD_DIRS and local.exists():
+                continue  # shards never change once written
+            self.remote.fetch(relative, local)
+            copied += 1
+        return copied
+
+    def sync_up(self) -> int:
+        """Publish every file of the mirror the store lacks (report files and records always;
+        shards, which never change, only when missing). Returns files uploaded."""
+        if self.remote is None:
+            return 0
+        held = set(self.remote.files())
+        uploaded = 0
+        for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
+            relative = path.relative_to(self.root).as_posix()
+            top = relative.split("/", 1)[0]
+            if path.name.startswith(".") or top in (ADAPTERS_DIR, ALIGNED_DIR):
+                continue  # locks, temporary files; artifacts are published by their actor
+            if top in _SHARD_DIRS and relative in held:
+                continue
+            self.remote.publish(path, relative)
+            uploaded += 1
+        return uploaded
 
     def answered_keys(self) -> set[str]:
         """Generation keys with an answer: every stored key but those whose row is an error."""
@@ -80,6 +180,8 @@ class RunStore:
             raise write_error(frozen.parent, error) from None
         _atomic_write(frozen, json.dumps(spec_json, indent=2, sort_keys=True))
         _atomic_write(self.root / "spec.json", json.dumps(spec_json, indent=2, sort_keys=True))
+        self.publish(frozen)
+        self.publish(self.root / "spec.json")
 
     def freeze_plan(
         self,
@@ -108,14 +210,19 @@ class RunStore:
             with contextlib.suppress(OSError):
                 temporary.unlink(missing_ok=True)
             raise write_error(self.root / PLAN_FILE, error) from None
+        self.publish(self.root / PLAN_FILE)
         _atomic_write(self.root / KEYWORD_SETS_FILE, json.dumps(keyword_sets, indent=2))
+        self.publish(self.root / KEYWORD_SETS_FILE)
         identity = self.root / RUBRIC_IDENTITY_FILE
         if rubric is None:
             # Not knowing the rubric is recorded by absence, so a stale identity from an
             # earlier run never labels this run's verdicts.
             identity.unlink(missing_ok=True)
+            if self.remote is not None:
+                self.remote.delete(RUBRIC_IDENTITY_FILE)
         else:
             _atomic_write(identity, json.dumps(rubric, indent=2, sort_keys=True))
+            self.publish(identity)
 
     def read_plan(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]] | None:
         """The last run's plan units and keyword set identities, or None (an older run dir)."""
@@ -139,6 +246,7 @@ class RunStore:
             **fields,
         }
         _atomic_write(self.root / "manifest.json", json.dumps(manifest, indent=2, default=str))
+        self.publish(self.root / "manifest.json")
 
     def read_manifest(self) -> dict[str, Any]:
         """The manifest, or {} if the run never finished a stage."""

@@ -99,6 +99,9 @@ PLAN_UNITS = pa.schema(
                 "benchmark_kind", "item_id", "category",
             )
         ),
+        # The evaluation condition's name; null when the campaign names none (and in plans
+        # written before conditions existed).
+        pa.field("condition", pa.string()),
     ]
 )  # fmt: skip
 

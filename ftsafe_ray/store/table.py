@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ class ParquetTable:
         schema: pa.Schema,
         provenance: dict[str, str] | None = None,
         finished: frozenset[str] = DONE_STATUSES,
+        on_write: Callable[[Path], None] | None = None,
     ):
         """`finished`: the statuses whose row beats an unfinished (error) row of the same key
         whatever their order; ignored for a table without a status column (every row counts)."""
@@ -57,6 +58,7 @@ class ParquetTable:
             {"ftsafe_ray.schema_version": SCHEMA_VERSION, **(provenance or {})}
         )
         self.finished = frozenset(finished)
+        self.on_write = on_write  # called with each new shard (publishing it to object storage)
         self._has_status = "status" in self.schema.names
 
     def write(self, rows: list[dict[str, Any]]) -> Path | None:
@@ -92,6 +94,8 @@ class ParquetTable:
             if isinstance(error, OSError):  # pyarrow's I/O errors are OSErrors too
                 raise write_error(self.directory, error) from None
             raise
+        if self.on_write is not None:
+            self.on_write(self.directory / name)
         return self.directory / name
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
