@@ -120,3 +120,18 @@ def test_waiting_for_a_node_says_so_then_gives_up_naming_the_field(ray_local):
     message = str(failed.value)
     assert "finetune_resources (1 actor(s) of CPU 1, GPU 1) on gpu_1x" in message
     assert "ray status" in message and "\n" not in message
+
+
+def test_the_shipped_cluster_config_lets_gpu_campaigns_wait_for_its_workers():
+    from pathlib import Path
+
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "cluster.yaml").read_text())
+    types = node_types_from_config(config)
+    assert {t.name for t in types} == {"gpu_1x", "gpu_8x"}  # the head is not a node to add
+    head = config["available_node_types"]["head"]["resources"]
+    one_gpu = Demand("generation", {"CPU": 1.0, "GPU": 1.0}, 8)
+    assert assess([one_gpu], [head], types).after_scaling == [(one_gpu, ["gpu_1x", "gpu_8x"])]
+    with pytest.raises(SpecError, match=r"^finetune_resources: each actor needs .*GPU 16"):
+        assess([Demand("finetune_resources", {"GPU": 16.0}, 1)], [head], types)

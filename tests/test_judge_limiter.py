@@ -56,9 +56,14 @@ def test_requests_per_minute_spaces_requests_evenly():
 def test_tokens_per_minute_binds_when_prompts_are_long():
     clock = FakeClock()
     limiter = RateLimiter(
-        requests_per_minute=10_000, tokens_per_minute=6_000, clock=clock, sleep=clock.sleep
+        requests_per_minute=10_000,
+        tokens_per_minute=6_000,
+        burst_s=1.0,
+        clock=clock,
+        sleep=clock.sleep,
     )
-    # 100 tokens/s: a 200-token request waits for a full bucket, then leaves a 100-token debt.
+    # 100 tokens/s, a 1 s bucket: a 200-token request waits for a full bucket, then leaves
+    # a 100-token debt.
     assert admit_times(limiter, clock, [200, 200, 200, 50]) == pytest.approx([0, 2, 4, 5.5])
 
 

@@ -90,6 +90,7 @@ class FineTuner:
             return row
         row.update(
             status="ok",
+            node=_node_id(),
             train_steps=result.steps,
             trained_tokens=result.trained_tokens,
             first_loss=result.first_loss,
@@ -129,6 +130,13 @@ class FineTuner:
         os.replace(work, out)
         self._load()  # the held model now carries the merge; later calls need the plain base
         return row
+
+
+def _node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _reporter(counter: Any, key: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 BACKENDS = ("transformers", "vllm")
@@ -38,9 +39,10 @@ class Generator:
         """Generate answers for a batch of requests, in order."""
         if self._init_error is not None:
             raise self._init_error
-        return self.backend.generate(
+        results = self.backend.generate(
             _local_adapters(requests), sampling, batch_size=batch_size, seed=seed
         )
+        return [replace(result, node=_node_id()) for result in results]
 
     def next_token_logprobs(self, requests: list[Any], k: int) -> list[dict[int, float]]:
         """Per request, the k most likely first answer tokens and their log-probabilities."""
@@ -55,10 +57,15 @@ class Generator:
         return self.backend.base_module_names()
 
 
+def _node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 def _local_adapters(requests: list[Any]) -> list[Any]:
     """Requests whose adapters are on object storage, pointed at this node's copy of each."""
-    from dataclasses import replace
-
     from ftsafe_ray.store.remote import is_remote, materialize
 
     return [

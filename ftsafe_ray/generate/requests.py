@@ -27,3 +27,4 @@ class GenerationResult:
     num_prompt_tokens: int
     num_output_tokens: int
     finish_reason: FinishReason
+    node: str | None = None  # the Ray node that generated it (set by the Generator actor)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from ftsafe_ray.errors import StageError
 from ftsafe_ray.plan import GenerationUnit, Plan
 from ftsafe_ray.progress import Progress
 from ftsafe_ray.store import RunStore, ShardBuffer
@@ -114,17 +116,36 @@ def _generate_round(
                 size = settings.batch_size
                 batches += [group[i : i + size] for i in range(0, len(group), size)]
             make_actor = _generator_factory(plan, model_name)
-            first = make_actor()
-            try:
-                if settings.check_adapters:
-                    _check_adapters(ray, first, units, plan, store, progress)
-            except BaseException:
-                ray.kill(first)
-                raise
+            first = _checked_actor(ray, make_actor, units, plan, store, progress)
             # The checked actor serves the first slot: one engine start, not two.
             actors = _first_then(first, make_actor)
             generated += _drain(actors, batches, plan, store, buffer, progress, len(batches))
     return generated
+
+
+def _checked_actor(ray, make_actor, units, plan, store, progress) -> Any:
+    """A generator that has checked the adapters (when the spec asks): a new one when the
+    checking one dies (its node lost, say), up to the pool's tries."""
+    from ftsafe_ray.actor_pool import MAX_TRIES
+
+    for attempt in range(1, MAX_TRIES + 1):
+        actor = make_actor()
+        try:
+            if plan.spec.generation.check_adapters:
+                _check_adapters(ray, actor, units, plan, store, progress)
+            return actor
+        except ray.exceptions.RayActorError as error:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+            if attempt == MAX_TRIES:
+                raise StageError(
+                    f"generate: the generator checking the adapters died on each of {MAX_TRIES} "
+                    f"tries ({type(error).__name__}); see the Ray logs, then rerun to resume"
+                ) from None
+        except BaseException:
+            ray.kill(actor)
+            raise
+    raise AssertionError("unreachable")
 
 
 def _generator_factory(plan: Plan, model_name: str) -> Any:
@@ -297,4 +318,5 @@ def _row(unit: GenerationUnit, result: Any, plan: Plan, error: str | None = None
         "backend": resolve_backend(plan.spec.generation.backend),
         "status": "ok" if error is None else "error",
         "error": error,
+        "node": None if result is None else getattr(result, "node", None),
     }

@@ -7,6 +7,10 @@ of headroom, while a lease held by a slow or dead actor would idle part of the b
 let the pool burst past the limit when it is returned late. Why hand-written and not
 aiolimiter: the budget must take two costs at once (requests and tokens), pause on a 429,
 lower itself to limits read from headers, and run on an injected clock in tests.
+
+Pacing: the budget admits at PACE_FRACTION of each limit (applied here, once, by `paced`),
+spread evenly with a burst of BURST_S at most; limits learned from headers are raw provider
+limits, paced by the same `paced` inside RateLimiter.lower_limits, never twice.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ftsafe_ray.judge.limiter import RateLimiter, paced
+from ftsafe_ray.judge.limiter import BURST_S, RateLimiter, paced
 
 if TYPE_CHECKING:
     from ftsafe_ray.spec import RubricJudgeSpec
@@ -28,7 +32,7 @@ NAMESPACE = "ftsafe_judge"
 # Waiters queue inside the actor; this bounds how many acquire calls it holds at once.
 BUDGET_MAX_CONCURRENCY = 100_000
 GET_ATTEMPTS = 5
-# A detached budget outlives any one driver (campaigns share it); it exits this long after
+# A budget outlives the stage that made it while campaigns share it; it exits this long after
 # its last user detaches, so limits never go stale on a long-lived cluster.
 IDLE_EXIT_S = 30.0
 # A killed driver never detaches, so a budget whose holders vanished also exits: after this
@@ -38,6 +42,9 @@ IDLE_EXIT_S = 30.0
 ORPHAN_EXIT_S = 900.0
 # Times one judge actor makes a dead budget again before it paces on its own.
 MAX_REMAKES = 3
+# How often an idle budget asks the GCS whether the Ray jobs of its holders have all ended
+# (`ray job stop`, a killed driver): then no user is left and it exits at once.
+JOBS_CHECK_S = 2.0
 
 
 class JudgeRateBudget:
@@ -48,13 +55,14 @@ class JudgeRateBudget:
         requests_per_minute: int | None,
         tokens_per_minute: int | None,
         idle_exit_s: float = IDLE_EXIT_S,
-        burst_s: float = 1.0,
+        burst_s: float = BURST_S,
         orphan_exit_s: float = ORPHAN_EXIT_S,
     ) -> None:
         self._limits = (requests_per_minute, tokens_per_minute)
         self._burst_s = burst_s
         self._limiter: RateLimiter | None = None
         self._holders = 0
+        self._jobs: set[str] = set()  # the Ray jobs its holders belong to
         self._idle_exit_s = idle_exit_s
         self._orphan_exit_s = orphan_exit_s
         self._in_flight = 0
@@ -74,19 +82,27 @@ class JudgeRateBudget:
 
     async def watch(self) -> None:
         """Runs for the actor's life; exits it once unused for `idle_exit_s` after the last
-        holder detached, or for `orphan_exit_s` while holders remain (their driver died)."""
+        holder detached, or for `orphan_exit_s` while holders remain (their driver died), or
+        as soon as every holder's Ray job has ended."""
         import ray
 
         check_s = min(5.0, max(0.02, min(self._idle_exit_s, self._orphan_exit_s) / 4))
+        jobs_checked = time.monotonic()
         while True:
             await asyncio.sleep(check_s)
             limit = self._idle_exit_s if self._holders <= 0 else self._orphan_exit_s
             if self._in_flight == 0 and time.monotonic() - self._last_use >= limit:
                 ray.actor.exit_actor()
+            if self._in_flight == 0 and time.monotonic() - jobs_checked >= JOBS_CHECK_S:
+                jobs_checked = time.monotonic()
+                if await _all_ended(self._jobs):
+                    ray.actor.exit_actor()
 
-    async def attach(self) -> None:
-        """A judge stage starts using this budget."""
+    async def attach(self, job_id: str | None = None) -> None:
+        """A judge stage of Ray job `job_id` starts using this budget."""
         self._holders += 1
+        if job_id is not None:
+            self._jobs.add(job_id)
         self._used()
 
     async def detach(self) -> None:
@@ -145,6 +161,24 @@ class JudgeRateBudget:
             "tokens_per_minute": tpm,
             "holders": self._holders,
         }
+
+
+async def _all_ended(job_ids: set[str]) -> bool:
+    """Whether every one of these Ray jobs (hex ids) has ended; False when unknown."""
+    import ray
+
+    if not job_ids:
+        return False
+    worker: Any = ray._private.worker.global_worker
+    try:
+        jobs = await worker.gcs_client.async_get_all_job_info(
+            skip_submission_job_info_field=True, skip_is_running_tasks_field=True, timeout=10
+        )
+    except Exception:  # the GCS unreachable for a moment: the orphan exit still applies
+        logger.debug("cannot read the job table", exc_info=True)
+        return False
+    ended = {job_id.hex() for job_id, info in jobs.items() if info.is_dead}
+    return job_ids <= ended
 
 
 def _actor_errors() -> tuple[type[Exception], ...]:
@@ -243,15 +277,17 @@ class ClusterRateBudget:
 
 
 def budget_name(spec: RubricJudgeSpec, base_url: str | None) -> str:
-    """One name per endpoint, model and key variable: what a provider's quota is tied to."""
-    ident = f"{base_url or 'https://api.openai.com/v1'}|{spec.model}|{spec.api_key_env}"
+    """One name per endpoint, model and key variable (or key file): what a provider's quota is
+    tied to."""
+    key = f"file:{spec.api_key_file}" if spec.api_key_file else spec.api_key_env
+    ident = f"{base_url or 'https://api.openai.com/v1'}|{spec.model}|{key}"
     return "judge-budget-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
 def _budget_handle(
     spec: RubricJudgeSpec,
     base_url: str | None,
-    burst_s: float = 1.0,
+    burst_s: float = BURST_S,
     idle_exit_s: float = IDLE_EXIT_S,
     orphan_exit_s: float = ORPHAN_EXIT_S,
 ) -> Any:
@@ -262,6 +298,9 @@ def _budget_handle(
         "name": budget_name(spec, base_url),
         "namespace": NAMESPACE,
         "get_if_exists": True,
+        # Detached, so campaigns share it and a lost one is made again under the same name (a
+        # non-detached actor's name stays taken while its owner holds a handle). It exits when
+        # every job using it has ended (JudgeRateBudget.watch): `ray job stop` leaves none.
         "lifetime": "detached",
         "max_concurrency": BUDGET_MAX_CONCURRENCY,
         "num_cpus": 0,
@@ -277,7 +316,7 @@ def _budget_handle(
 def get_rate_budget(
     spec: RubricJudgeSpec,
     base_url: str | None,
-    burst_s: float = 1.0,
+    burst_s: float = BURST_S,
     idle_exit_s: float = IDLE_EXIT_S,
     orphan_exit_s: float = ORPHAN_EXIT_S,
 ) -> Any:
@@ -290,14 +329,15 @@ def get_rate_budget(
     last use if a user never does (its driver was killed).
 
     Detached, not owned by this driver: a budget owned by one campaign's driver would die
-    with it under a second campaign still using it.
+    with it under a second campaign still using it. It exits once the Ray jobs of all its
+    holders have ended, so a stopped or killed job leaves it behind for seconds only.
     """
     import ray
 
     for attempt in range(GET_ATTEMPTS):
         actor = _budget_handle(spec, base_url, burst_s, idle_exit_s, orphan_exit_s)
         try:
-            ray.get(actor.attach.remote())
+            ray.get(actor.attach.remote(ray.get_runtime_context().get_job_id()))
         except _actor_errors():
             # It exited (idle) just as we found it; its name frees shortly, so try again.
             if attempt == GET_ATTEMPTS - 1:
@@ -316,10 +356,12 @@ async def remake_rate_budget(spec: RubricJudgeSpec, base_url: str | None) -> Any
     lull in a slow run; having no way to detach when killed, it leaves the budget to exit
     `orphan_exit_s` after its last use. A later campaign's limits replace its own anyway.
     """
+    import ray
+
     for attempt in range(GET_ATTEMPTS):
         actor = _budget_handle(spec, base_url)
         try:
-            await actor.attach.remote()
+            await actor.attach.remote(ray.get_runtime_context().get_job_id())
             return actor
         except _actor_errors():
             # The dead actor's name may not be free yet; get_if_exists found it again.

@@ -14,11 +14,26 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 # Pace a little under the provider's limit: a 429 is a signal to slow down, not flow control,
-# and some providers count rejected requests against the quota. With a 1 s burst, a bucket at
-# 97% of the limit admits at most 0.97 * 61/60 < 1 of the limit in any sliding minute.
+# and some providers count rejected requests against the quota. With a burst of BURST_S, a
+# bucket at 97% of the limit admits at most 0.97 * 60.25/60 < 1 of the limit in any sliding
+# minute, and never empties a provider's bucket one second deep.
 PACE_FRACTION = 0.97
+# Seconds of the paced rate that may go out at once. Small, so admissions are spread evenly
+# (a second's worth at once empties a one-second provider bucket), yet enough that a waiter
+# woken a little late does not lose its turn for good.
+BURST_S = 0.25
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 4
+# A provider's `x-ratelimit-remaining-*: 0` asks for a pool-wide pause only when its reset is
+# at least this far off: a short bucket (one second deep) reports an empty bucket as routine
+# at full rate, and refills before the pause would end; pacing, not pausing, handles it.
+MIN_HEADER_PAUSE_S = 2.0
+# Windows a provider's limit header may describe instead of a minute: a limit header equal to
+# the configured per-minute limit times window/60 describes that window (Azure: 10 s).
+SHORT_WINDOWS_S = (1.0, 10.0)
+MINUTE_S = 60.0
+# How close a limit header must be to the configured one (or its share of a short window).
+_LIMIT_TOLERANCE = 0.02
 # Float rounding can leave a wait of a few ulps after sleeping exactly the computed time; with
 # a large clock value such a sleep does not advance the clock, so treat it as no wait.
 _TOLERANCE_S = 1e-6
@@ -35,7 +50,9 @@ class RateBudget(Protocol):
         """Hold back every acquire for `delay_s` seconds (called after a 429)."""
         ...
 
-    def lower_limits(self, requests_per_minute: float | None, tokens_per_minute: float | None):
+    def lower_limits(
+        self, requests_per_minute: float | None, tokens_per_minute: float | None
+    ) -> None:
         """Pace at these rates from now on if they are below the current ones (from headers)."""
         ...
 
@@ -76,11 +93,13 @@ def parse_reset(value: str) -> float | None:
 
 @dataclass(frozen=True)
 class HeaderHint:
-    """What a provider's `x-ratelimit-*` headers say: its limits and how long to hold back."""
+    """What a provider's `x-ratelimit-*` headers say: its per-minute limits, the shortest
+    window its headers describe, and how long they ask to hold back (see header_pause)."""
 
     requests_per_minute: int | None
     tokens_per_minute: int | None
     pause_s: float | None
+    window_s: float = MINUTE_S
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
@@ -100,24 +119,104 @@ def _limit_header(headers: Mapping[str, str], name: str) -> int | None:
     return value if value is not None and value > 0 else None
 
 
-def read_ratelimit_headers(headers: Mapping[str, str], next_cost: int) -> HeaderHint:
+def header_window_s(reported: int, configured: int | None) -> float:
+    """The window a limit header describes, read against the configured per-minute limit.
+
+    A header equal to (or above) the configured limit, or with nothing configured to compare,
+    is per minute. One equal to the configured limit's share of a short window (10 for 600/min
+    and a 1 s window) describes that window: the provider's limit is still the configured
+    one. Any other value is a lower per-minute limit.
+    """
+    if configured is None or reported >= configured * (1 - _LIMIT_TOLERANCE):
+        return MINUTE_S
+    for window in SHORT_WINDOWS_S:
+        if abs(reported * MINUTE_S / window - configured) <= configured * _LIMIT_TOLERANCE:
+            return window
+    return MINUTE_S
+
+
+def read_ratelimit_headers(
+    headers: Mapping[str, str],
+    next_cost: int,
+    configured: tuple[int | None, int | None] = (None, None),
+) -> HeaderHint:
     """Read OpenAI-style `x-ratelimit-*` headers of a successful reply.
 
-    A spent quota (no requests left, or fewer tokens left than one more request of
-    `next_cost`) asks for a pause until the provider says it resets.
+    Limits come back per minute, whatever window the headers describe (judged against the
+    `configured` requests/min and tokens/min, see header_window_s). A spent quota (no
+    requests left, or fewer tokens left than one more request of `next_cost`) reports how
+    long until the provider says it resets; header_pause decides whether that is a pause.
     """
     lowered = {k.lower(): v for k, v in headers.items()}
     pause = None
-    for kind, need in (("requests", 1), ("tokens", next_cost)):
+    limits: list[int | None] = []
+    window = MINUTE_S
+    for kind, need, limit_configured in (
+        ("requests", 1, configured[0]),
+        ("tokens", next_cost, configured[1]),
+    ):
         remaining = _int_header(lowered, f"x-ratelimit-remaining-{kind}")
         reset = parse_reset(lowered.get(f"x-ratelimit-reset-{kind}", ""))
         if remaining is not None and reset is not None and remaining < need:
             pause = max(pause or 0.0, reset)
-    return HeaderHint(
-        _limit_header(lowered, "x-ratelimit-limit-requests"),
-        _limit_header(lowered, "x-ratelimit-limit-tokens"),
-        pause,
-    )
+        reported = _limit_header(lowered, f"x-ratelimit-limit-{kind}")
+        if reported is None:
+            limits.append(None)
+            continue
+        kind_window = header_window_s(reported, limit_configured)
+        window = min(window, kind_window)
+        limits.append(round(reported * MINUTE_S / kind_window))
+    return HeaderHint(limits[0], limits[1], pause, window)
+
+
+def header_pause(hint: HeaderHint, sent_at: float, now: float, superseded: bool) -> float | None:
+    """Seconds to pause the whole pool for a reply's spent-quota headers, or None.
+
+    The headers describe the provider's bucket when the request was admitted (`sent_at`),
+    not now. They ask for no pause when they describe a short window, when a request sent
+    after this one has been admitted since (`superseded`: the quota was not spent for long),
+    or when what is left of the reset is under MIN_HEADER_PAUSE_S (a short bucket's routine
+    "empty"). What stays is a quota spent for long: a minute's limit used up by someone else
+    on the same key, or lower than the one configured.
+    """
+    if hint.pause_s is None or hint.window_s < MINUTE_S or superseded:
+        return None
+    left = sent_at + hint.pause_s - now
+    return left if left >= MIN_HEADER_PAUSE_S else None
+
+
+class TokenCount:
+    """Request costs in the provider's count of tokens, learned from the usage it reports.
+
+    Until a reply reports usage, a request costs estimate_request_tokens (characters / 4, a
+    few per message, max_tokens). After, its prompt costs characters / 4 scaled by the ratio
+    of the prompt tokens the provider reported to characters / 4 so far, never below
+    characters / 4 (what OpenAI's limiter counts), plus max_tokens. Overcounting by a few
+    tokens a request paces that much under the limit, all run long.
+    """
+
+    def __init__(self) -> None:
+        self._reported = 0
+        self._estimated = 0
+
+    @staticmethod
+    def prompt_chars_tokens(messages: Iterable[Mapping[str, str]]) -> int:
+        """Characters / 4 of a request's messages, rounded up."""
+        return math.ceil(sum(len(m.get("content") or "") for m in messages) / CHARS_PER_TOKEN)
+
+    def cost(self, messages: list[dict[str, str]], max_tokens: int) -> int:
+        """What one request of these messages and `max_tokens` costs against tokens/min."""
+        if not self._estimated:
+            return estimate_request_tokens(messages, max_tokens)
+        ratio = max(1.0, self._reported / self._estimated)
+        return math.ceil(self.prompt_chars_tokens(messages) * ratio) + max_tokens
+
+    def observe(self, messages: list[dict[str, str]], prompt_tokens: int | None) -> None:
+        """Learn from the prompt tokens a reply to these messages reported (None: nothing)."""
+        if prompt_tokens is None or prompt_tokens <= 0:
+            return
+        self._reported += prompt_tokens
+        self._estimated += max(1, self.prompt_chars_tokens(messages))
 
 
 class _Bucket:
@@ -142,10 +241,11 @@ class _Bucket:
 class RateLimiter:
     """A per-process limiter on requests/min and tokens/min; acquire() waits for both.
 
-    Each budget is a token bucket holding `burst_s` seconds of its rate, so requests go out
-    evenly instead of in one burst per minute. Waiters are served in arrival order. A request
-    larger than a bucket waits for a full bucket and leaves it in debt, which later requests
-    repay by waiting, so the average rate never exceeds the limit.
+    Each budget is a token bucket holding `burst_s` seconds of its rate (BURST_S: a fraction
+    of a second), so requests go out evenly at the paced rate, not a second's worth at once.
+    Waiters are served in arrival order. A request larger than a bucket waits for a full
+    bucket and leaves it in debt, which later requests repay by waiting, so the average rate
+    never exceeds the limit.
     """
 
     def __init__(
@@ -153,7 +253,7 @@ class RateLimiter:
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
         *,
-        burst_s: float = 1.0,
+        burst_s: float = BURST_S,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -184,7 +284,11 @@ class RateLimiter:
                     bucket.level -= cost
 
     def slow_down(self, delay_s: float) -> None:
-        """Admit nothing for `delay_s` seconds from now (never shortens an earlier pause)."""
+        """Admit nothing for `delay_s` seconds from now (never shortens an earlier pause).
+
+        For a 429 (its Retry-After) or a quota spent for long (see header_pause); the buckets
+        refill during the pause only up to their small burst, so it ends without a rush.
+        """
         self._paused_until = max(self._paused_until, self._clock() + delay_s)
 
     def lower_limits(

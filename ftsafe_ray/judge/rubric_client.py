@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import random
 import re
 import time
@@ -17,7 +18,8 @@ from ftsafe_ray.judge.limiter import (
     RateBudget,
     RateLimiter,
     Sleep,
-    estimate_request_tokens,
+    TokenCount,
+    header_pause,
     paced,
     read_ratelimit_headers,
 )
@@ -258,17 +260,29 @@ class RubricJudgeClient:
         self._draw = draw
         self._clock = clock
         self._reported_limits: tuple[int | None, int | None] = (None, None)
+        self._tokens = TokenCount()
+        # When the latest-sent request that the provider admitted was sent: headers of a
+        # request sent before it describe a quota that has had room since (see header_pause).
+        self._admitted_sent_at = -math.inf
 
     async def _complete(
-        self, messages: list[dict[str, str]], max_tokens: int, max_retries: int
+        self,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        max_retries: int,
+        retry_429: bool = True,
     ) -> tuple[Any, _Failure | None, int]:
-        """Call the endpoint with retries; return (completion or None, last failure, attempts)."""
-        cost = estimate_request_tokens(messages, max_tokens)
+        """Call the endpoint with retries; return (completion or None, last failure, attempts).
+
+        Without `retry_429`, a 429 ends the call at once (the pool still slows down for it).
+        """
         attempts = 0
         while True:
             attempts += 1
+            cost = self._tokens.cost(messages, max_tokens)
             async with self._slots:
                 await self._limiter.acquire(cost)
+                sent_at = self._clock()
                 try:
                     raw = await self._client.chat.completions.with_raw_response.create(
                         model=self.spec.model,
@@ -280,26 +294,40 @@ class RubricJudgeClient:
                 except Exception as error:  # every failure becomes a row, see _classify
                     failure = _classify(error, self._api_key)
                 else:
-                    self._adapt(raw.headers, cost)
+                    usage = getattr(completion, "usage", None)
+                    self._tokens.observe(messages, getattr(usage, "prompt_tokens", None))
+                    self._adapt(raw.headers, self._tokens.cost(messages, max_tokens), sent_at)
                     return completion, None, attempts
             # The slot is released here, so others proceed while this request waits to retry.
-            if not failure.retryable or attempts > max_retries:
-                return None, failure, attempts
+            stop = not failure.retryable or attempts > max_retries
             delay = backoff_delay(attempts, self._draw(), failure.retry_after_s)
             if failure.rate_limited:
+                # A real 429: the whole pool holds back for its Retry-After, retried or not.
                 self._limiter.slow_down(delay)
+                stop = stop or not retry_429
+            if stop:
+                return None, failure, attempts
             await self._sleep(delay)
 
-    def _adapt(self, headers: Mapping[str, str], cost: int) -> None:
-        """Follow the provider's `x-ratelimit-*` headers: lower limits, pause when spent."""
-        hint = read_ratelimit_headers(headers, cost)
+    def _adapt(self, headers: Mapping[str, str], cost: int, sent_at: float) -> None:
+        """Learn from the provider's `x-ratelimit-*` headers of a request sent at `sent_at`.
+
+        They are information, not a command to stop everyone: a lower limit they report
+        lowers the pace (read per minute whatever window they describe), and they pause the
+        pool only for a quota spent for long (see header_pause). A 429 slows it down anyway.
+        """
+        configured = (self.spec.requests_per_minute, self.spec.tokens_per_minute)
+        hint = read_ratelimit_headers(headers, cost, configured)
         limits = (hint.requests_per_minute, hint.tokens_per_minute)
         if any(limits) and limits != self._reported_limits:
             # Only on a change: with a cluster budget each call is a message to its actor.
             self._reported_limits = limits
             self._limiter.lower_limits(*limits)
-        if hint.pause_s:
-            self._limiter.slow_down(hint.pause_s)
+        superseded = self._admitted_sent_at > sent_at
+        self._admitted_sent_at = max(self._admitted_sent_at, sent_at)
+        pause = header_pause(hint, sent_at, self._clock(), superseded)
+        if pause is not None:
+            self._limiter.slow_down(pause)
 
     async def judge(self, request: JudgeRequest) -> JudgeResult:
         """Rate one pair; every request ends in exactly one result, errors included."""
@@ -377,15 +405,16 @@ class RubricJudgeClient:
         messages = [{"role": "user", "content": "Reply with the word OK."}]
         try:
             retries = min(self.spec.max_retries, CHECK_MAX_RETRIES)
-            completion, failure, _ = await self._complete(messages, 5, retries)
+            completion, failure, _ = await self._complete(messages, 5, retries, retry_429=False)
         except Exception as error:
             detail = _one_line(repr(error), self._api_key)
             raise JudgeError(f"judge check failed: {detail}") from None
         if completion is None:
             assert failure is not None
             if failure.rate_limited:
-                # A 429 proves the endpoint, key and model answer: the pool paces and retries
-                # through the budget, so a rate-limit storm must not stop the whole stage.
+                # A 429 proves the endpoint, key and model answer, with no retry (the stage's
+                # first batches go out beside the check): the pool paces and retries through
+                # the budget, so a rate-limit storm must not stop the whole stage.
                 return
             where = redact_secret(str(self._client.base_url), self._api_key)
             raise JudgeError(

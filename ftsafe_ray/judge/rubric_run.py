@@ -232,21 +232,20 @@ class RubricRun:
             for _ in range(spec.num_actors)
         ]
         try:
-            try:
-                ray.get(actors[0].check.remote())
-            except ray.exceptions.RayTaskError as error:
-                cause = error.cause if isinstance(error.cause, JudgeError) else error
-                raise JudgeError(f"judges.rubric: {cause}") from None
-            return self._dispatch(actors, buffer)
+            # The endpoint check goes out first, but the first batches go right behind it
+            # instead of a round trip later (see _dispatch).
+            return self._dispatch(actors, buffer, actors[0].check.remote())
         finally:
             for actor in actors:
                 ray.kill(actor)
             release_rate_budget(budget)
 
-    def _dispatch(self, actors: list[Any], buffer: ShardBuffer) -> int:
+    def _dispatch(self, actors: list[Any], buffer: ShardBuffer, check: Any = None) -> int:
         """Keep every actor fed with a few batches; stop sending when the budget is spent.
 
-        A batch whose actor died is stored as error rows (its requests may have been paid;
+        Until the endpoint `check` passes, each actor gets one batch and no row is stored;
+        should it fail, only the verdicts already paid for are kept (see _confirm). A batch
+        whose actor died is stored as error rows (its requests may have been paid;
         --retry-failed redoes them) and the other actors carry on.
         """
         import ray
@@ -259,7 +258,8 @@ class RubricRun:
         in_flight: dict[Any, tuple[Any, list[JudgeRequest], float]] = {}
         reserved, sent, count, turn = 0.0, 0, 0, 0
         while True:
-            while alive and sent < len(requests) and len(in_flight) < window:
+            limit = window if check is None else len(alive)
+            while alive and sent < len(requests) and len(in_flight) < limit:
                 batch = self.affordable(requests[sent : sent + RUBRIC_BATCH], reserved)
                 if not batch:
                     break
@@ -276,6 +276,11 @@ class RubricRun:
                         "answer(s) left unjudged, rerun to resume"
                     )
                 return count
+            if check is not None:
+                # The first batches are out: once the check passes, the window opens in full.
+                self._confirm(check, in_flight, buffer)
+                check = None
+                continue
             [ref], _ = ray.wait(list(in_flight), num_returns=1)
             actor, batch, cost = in_flight.pop(ref)
             reserved -= cost
@@ -288,3 +293,17 @@ class RubricRun:
                 results = [error_result(r.key, message, 0, 0.0) for r in batch]
             self.write(buffer, results)
             count += len(results)
+
+    def _confirm(self, check: Any, in_flight: dict[Any, Any], buffer: ShardBuffer) -> None:
+        """Raise JudgeError in one line if the endpoint check failed, after storing what the
+        batches sent beside it had answered (paid verdicts; their errors are left to do)."""
+        import ray
+
+        try:
+            ray.get(check)
+        except ray.exceptions.RayTaskError as error:
+            for ref in in_flight:
+                with contextlib.suppress(ray.exceptions.RayError):
+                    self.write(buffer, [r for r in ray.get(ref) if r.status != "error"])
+            cause = error.cause if isinstance(error.cause, JudgeError) else error
+            raise JudgeError(f"judges.rubric: {cause}") from None

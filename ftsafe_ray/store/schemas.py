@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 # 2: judgments gained prompt_tokens, completion_tokens, cost_usd and the StrongREJECT
-# sub-scores. 3: generations gained status and error. Older shards still read: missing columns
-# come back as nulls.
+# sub-scores. 3: generations gained status and error, generations and finetunes the node. Older
+# shards still read: missing columns come back as nulls.
 SCHEMA_VERSION = "3"
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -29,6 +29,7 @@ FINETUNES = pa.schema(
         pa.field("final_loss", pa.float64()),
         pa.field("train_seconds", pa.float64()),
         pa.field("settings_json", pa.string()),
+        pa.field("node", pa.string()),  # the Ray node id of the actor that trained it
         pa.field("created_at", _TS),
     ]
 )
@@ -57,6 +58,7 @@ GENERATIONS = pa.schema(
         # before this column existed: those rows are answers).
         pa.field("status", pa.string()),
         pa.field("error", pa.string()),
+        pa.field("node", pa.string()),  # the Ray node id of the generator that answered
         pa.field("created_at", _TS),
     ]
 )
