@@ -1,4 +1,4 @@
-"""`ftsafe` command line: validate | plan | run | report | status."""
+"""`ftsafe` command line: validate | plan | run | report | status | sql."""
 
 from __future__ import annotations
 
@@ -152,6 +152,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sql(args: argparse.Namespace) -> int:
+    from ftsafe_ray import sql
+
+    connection = sql.connect(args.run_dir)
+    if args.command_sql is not None:
+        sql.run_query(connection, args.command_sql, _console())
+    else:
+        sql.interactive(connection, _console())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftsafe", description="Measure how fine-tuning erodes LLM safety, at scale."
@@ -190,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="counts of a campaign file or run directory")
     status.add_argument("target")
     status.set_defaults(handler=cmd_status)
+    sql = commands.add_parser(
+        "sql", help="query a run directory with DuckDB (views: latest row per key, *_all)"
+    )
+    sql.add_argument("run_dir")
+    sql.add_argument(
+        "-c",
+        dest="command_sql",
+        metavar="SQL",
+        help="run this query, print its result and exit (default: an interactive prompt)",
+    )
+    sql.set_defaults(handler=cmd_sql)
     return parser
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from ftsafe_ray.actor_pool import MAX_TRIES, PoolSettings, run_on_actors
 from ftsafe_ray.errors import SpecError
+from tests.fixtures.processes import kill_first_titled
 
 
 class Worker:
@@ -102,9 +103,6 @@ def test_a_fine_tune_actor_killed_mid_unit_is_restarted_and_the_unit_redone(
     """The real fine-tune stage: SIGKILL the FineTuner process while it trains; both adapters
     still land, one of them trained twice."""
     import threading
-    import time
-
-    import psutil
 
     from ftsafe_ray.finetune.stage import run_finetune_stage
     from ftsafe_ray.plan import build_plan
@@ -132,21 +130,7 @@ def test_a_fine_tune_actor_killed_mid_unit_is_restarted_and_the_unit_redone(
     store.create()
     killed: list[int] = []
 
-    def kill_first_trainer() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            for process in psutil.process_iter(["pid", "cmdline"]):
-                # Ray titles an actor's process with the method it is running: mid-unit.
-                if "ray::FineTuner.train" in " ".join(process.info["cmdline"] or []):
-                    try:
-                        os.kill(process.info["pid"], signal.SIGKILL)
-                    except ProcessLookupError:
-                        continue
-                    killed.append(process.info["pid"])
-                    return
-            time.sleep(0.1)
-
-    killer = threading.Thread(target=kill_first_trainer)
+    killer = threading.Thread(target=kill_first_titled, args=("ray::FineTuner.train", killed))
     killer.start()
     result = run_finetune_stage(plan, store, PlainProgress())
     killer.join()

@@ -9,13 +9,10 @@ with `min_workers: 0`.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import yaml
 
 from ftsafe_ray.store import RunStore
 from tests.fixtures.campaign_files import write_benchmark
+from tests.fixtures.processes import kill_session, session_processes
 
 pytestmark = pytest.mark.slow
 
@@ -76,20 +74,6 @@ def autoscaler_config(port: int) -> dict:
     }
 
 
-def session_processes(sid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            found.append(int(entry.name))
-    return found
-
-
 @pytest.fixture
 def autoscaling_cluster(tmp_path) -> Iterator[tuple[str, Path, dict[str, str]]]:
     """A head with the autoscaler, in a session of its own; every process of that session (the
@@ -128,12 +112,8 @@ def autoscaling_cluster(tmp_path) -> Iterator[tuple[str, Path, dict[str, str]]]:
         assert head.returncode == 0, output
         yield f"127.0.0.1:{port}", tmp_path, env
     finally:
-        for pid in session_processes(head.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while session_processes(head.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        kill_session(head.pid)
+        assert not session_processes(head.pid)
 
 
 def write_campaign(directory: Path, model_dir: Path, num_gpus: float) -> Path:

@@ -29,27 +29,12 @@ import yaml
 from ftsafe_ray.store import DONE_STATUSES
 from tests.fixtures.campaign_files import write_benchmark, write_chats
 from tests.fixtures.judge_server import JudgeServer
+from tests.fixtures.processes import session_processes
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).parents[1]
 RUN_TIMEOUT_S = 180
-
-
-def session_processes(sid: int) -> list[int]:
-    """The live processes of session `sid` (zombies aside): the driver and the local Ray it
-    started (gcs_server, raylet, workers), which stay in the driver's session."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            found.append(int(entry.name))
-    return found
 
 
 def wait_for_session_to_end(sid: int, timeout_s: float = 60.0) -> None:

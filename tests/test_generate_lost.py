@@ -21,6 +21,7 @@ from ftsafe_ray.report.scored_rows import scored_rows
 from ftsafe_ray.spec import parse_campaign
 from ftsafe_ray.store import RunStore
 from tests.fixtures.campaign_files import write_benchmark
+from tests.fixtures.processes import kill_first_titled
 
 
 class EchoGenerator:
@@ -123,9 +124,6 @@ def test_a_generator_killed_mid_batch_is_replaced_and_its_batch_redone(
     tmp_path, tiny_model_dir, ray_local
 ):
     import threading
-    import time
-
-    import psutil
 
     write_benchmark(tmp_path / "b.jsonl", [("c", f"placeholder ask {i}") for i in range(16)])
     spec = parse_campaign(
@@ -144,21 +142,9 @@ def test_a_generator_killed_mid_batch_is_replaced_and_its_batch_redone(
     store.create()
     killed: list[int] = []
 
-    def kill_first_generator() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            for process in psutil.process_iter(["pid", "cmdline"]):
-                # Ray titles an actor's process with the method it is running: mid-batch.
-                if "ray::Generator.generate" in " ".join(process.info["cmdline"] or []):
-                    try:
-                        os.kill(process.info["pid"], signal.SIGKILL)
-                    except ProcessLookupError:
-                        continue
-                    killed.append(process.info["pid"])
-                    return
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_first_generator)
+    killer = threading.Thread(
+        target=kill_first_titled, args=("ray::Generator.generate", killed, 120.0, 0.02)
+    )
     killer.start()
     result = generate_stage.run_generate_stage(plan, store, PlainProgress())
     killer.join()
