@@ -466,6 +466,7 @@ class DyingJudge:
 
 def test_a_dead_judge_actor_turns_its_batch_into_error_rows(tmp_path, judge_server, ray_local):
     from ftsafe_ray.judge import make_rubric_judge_actor
+    from ftsafe_ray.judge.online import dispatch
     from ftsafe_ray.judge.rubric_run import RubricRun
     from ftsafe_ray.store import ShardBuffer
 
@@ -478,7 +479,14 @@ def test_a_dead_judge_actor_turns_its_batch_into_error_rows(tmp_path, judge_serv
     healthy = make_rubric_judge_actor(plan.spec.judges.rubric, "k", judge_server.base_url)
     try:
         with ShardBuffer(store.judgments) as buffer:
-            assert run._dispatch([dying, healthy], buffer) == 200
+            stored = dispatch(
+                [dying, healthy],
+                run.requests(),
+                run.spec,
+                run.ledger,
+                lambda results: run.write(buffer, results),
+            )
+            assert stored == 200
     finally:
         ray_local.kill(healthy)
     rows = rubric_rows(store)

@@ -136,6 +136,7 @@ def _train_on_actors(
 ) -> list[dict[str, Any]]:
     """Run `method` for each unit on a pool of FineTuner actors; store each row as it lands."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from ftsafe_ray.actor_pool import PoolSettings, run_on_actors
     from ftsafe_ray.finetune.actor import FineTuner
@@ -146,7 +147,10 @@ def _train_on_actors(
     actor_class = ray.remote(
         num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
     )(FineTuner)
-    counter: Any = ray.remote(num_cpus=0)(StepCounter).remote()  # type: ignore[attr-defined]
+    # On the driver's node: a worker node lost mid-run must not take the progress with it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    counter_class: Any = ray.remote(num_cpus=0)(StepCounter)  # type: ignore[attr-defined]
+    counter: Any = counter_class.options(scheduling_strategy=here).remote()
     progress.start(STEPS, total=sum(planned_steps(unit) for unit in units))
     steps_seen = 0
     rows: list[dict[str, Any]] = []
@@ -158,8 +162,14 @@ def _train_on_actors(
         return getattr(actor, method).remote(unit, store.artifact(unit.output_path), counter)
 
     def poll() -> None:
-        nonlocal steps_seen
-        steps_now = ray.get(counter.total.remote())
+        nonlocal steps_seen, counter
+        if counter is None:
+            return
+        try:
+            steps_now = ray.get(counter.total.remote())
+        except ray.exceptions.RayActorError:
+            counter = None  # the step bar stops; the units carry on (their rows still land)
+            return
         progress.advance(STEPS, steps_now - steps_seen)
         steps_seen = steps_now
 
@@ -184,6 +194,7 @@ def _train_on_actors(
             on_poll=poll,
         )
     finally:
-        ray.kill(counter)
+        if counter is not None:
+            ray.kill(counter)
     progress.finish(STEPS)
     return rows
