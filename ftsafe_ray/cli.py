@@ -104,6 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = run_campaign(args.campaign, address=args.address, retry_failed=args.retry_failed)
     counts = ", ".join(f"{name}={value}" for name, value in outcome.counts.items())
     print(f"run finished in {outcome.seconds:.0f}s: {counts}")
+    print(f"results in {outcome.location}")
     for path in outcome.report_files:
         print(f"wrote {path}")
     return 0

@@ -45,6 +45,7 @@ class CampaignOutcome:
     seconds: float
     counts: dict[str, Any] = field(default_factory=dict)
     report_files: list[Path] = field(default_factory=list)
+    location: str = ""  # the run directory as named: its s3:// URI, or its local path
 
 
 def load_plan(campaign_path: str | Path) -> Plan:
@@ -175,7 +176,10 @@ def _run_locked(
         "rubric_verdicts_new": judged.rubric_new,
     }
     outcome = CampaignOutcome(
-        run_dir=plan.run_dir, seconds=time.monotonic() - started, counts=counts
+        run_dir=plan.run_dir,
+        seconds=time.monotonic() - started,
+        counts=counts,
+        location=plan.run_uri or str(plan.run_dir),
     )
     outcome.report_files = report_run(plan.run_uri or plan.run_dir, console=console)
     store.write_manifest(

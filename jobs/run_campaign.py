@@ -50,7 +50,7 @@ def main() -> int:
     except KeyboardInterrupt:
         print("stopped; submit the job again to resume", file=sys.stderr)
         return 130
-    print(f"results in {outcome.run_dir}")
+    print(f"results in {outcome.location}")
     print(f"finished in {outcome.seconds:.0f}s: {outcome.counts}")
     return 0
 
