@@ -103,6 +103,9 @@ def run_campaign(
     however the run ends, KeyboardInterrupt included.
     """
     started = time.monotonic()
+    # Resolved once, now: a job's working directory (Ray's copy) can vanish mid-run when the
+    # cluster loses a node, and nothing after this reads the working directory again.
+    campaign_path = Path(campaign_path).resolve()
     plan = load_plan(campaign_path)
     with RunLock(plan.run_dir, campaign=plan.spec.name):
         return _run_locked(

@@ -1,15 +1,18 @@
 """Three Ray nodes on one machine (a head with no CPUs and two workers, separate raylets), the
 run directory on a real S3-compatible server: actors run on both workers, each node fetches the
-adapters it needs into its own cache, and a worker lost mid-run (every process of its raylet
-SIGKILLed) leaves the campaign to finish on the other, nothing lost or stored twice."""
+adapters it needs into its own cache, and a campaign submitted with `ray job submit` (data and
+model on S3 too) that loses a worker mid-run (every process of its raylet SIGKILLed) finishes
+on the other, nothing lost or stored twice."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
-import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +42,8 @@ def cluster(s3_server, tmp_path) -> Iterator[LocalCluster]:
     }
     cluster = LocalCluster(env)
     try:
-        cluster.start_head()
+        # A job's driver runs on the head: its node cache is its own too.
+        cluster.start_head(dashboard=True, env={"FTSAFE_CACHE_DIR": str(tmp_path / "head-cache")})
         for name in ("worker_a", "worker_b"):
             cluster.add_worker(name, 2, {"FTSAFE_CACHE_DIR": str(tmp_path / f"{name}-cache")})
         yield cluster
@@ -77,6 +81,63 @@ def write_campaign(root: Path, model_dir: Path, run_uri: str, seeds: list[int]) 
     return path
 
 
+def submitted_project(root: Path, s3_server, bucket: str, model_dir: Path) -> Path:
+    """What a user submits: jobs/run_campaign.py and a campaign whose run directory, data and
+    model are all on S3 (uploaded here), so nothing of this machine's disk is named."""
+    (root / "jobs").mkdir(parents=True)
+    (root / "campaigns").mkdir()
+    shutil.copy(REPO / "jobs" / "run_campaign.py", root / "jobs")
+    local = write_campaign(root, model_dir, f"{bucket}/runs/lost", [1, 2])
+    spec = yaml.safe_load(local.read_text())
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        s3_server.put(f"{bucket}/models/tiny/{path.relative_to(model_dir)}", path.read_bytes())
+    spec["models"][0]["path"] = f"{bucket}/models/tiny"
+    for section in ("datasets", "benchmarks"):
+        source = Path(spec[section][0]["source"])
+        s3_server.put(f"{bucket}/data/{source.name}", source.read_bytes())
+        spec[section][0]["source"] = f"{bucket}/data/{source.name}"
+        source.unlink()
+    local.unlink()
+    (root / "campaigns" / "lost.yaml").write_text(yaml.safe_dump(spec))
+    return root
+
+
+def cluster_cli(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ray ARGS` against this cluster's job API."""
+    assert cluster.dashboard is not None
+    env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard}
+    done = subprocess.run(
+        [sys.executable, "-m", "ray.scripts.scripts", *args],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, f"ray {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def job_api(cluster: LocalCluster, path: str) -> dict:
+    with urllib.request.urlopen(f"{cluster.dashboard}/api/jobs/{path}", timeout=30) as reply:
+        return json.loads(reply.read())
+
+
+def job_status(cluster: LocalCluster, submission_id: str) -> str:
+    return str(job_api(cluster, submission_id)["status"])
+
+
+def job_logs(cluster: LocalCluster, submission_id: str) -> str:
+    return str(job_api(cluster, f"{submission_id}/logs")["logs"])
+
+
+def wait_for(condition, timeout_s: float, cluster: LocalCluster, submission_id: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out:\n{job_logs(cluster, submission_id)[-4000:]}")
+        status = job_status(cluster, submission_id)
+        if status not in ("PENDING", "RUNNING") and not condition():
+            raise AssertionError(f"job {status}:\n{job_logs(cluster, submission_id)[-4000:]}")
+        time.sleep(0.5)
+
+
 def run_driver(campaign: Path, cluster: LocalCluster, cache: Path) -> subprocess.Popen[str]:
     env = {**cluster.env, "FTSAFE_CACHE_DIR": str(cache)}
     return subprocess.Popen(
@@ -104,7 +165,7 @@ def raw_rows(store: RunStore, table: str) -> list[dict]:
 
 @pytest.mark.reliability(
     fault="A worker node lost mid-run (every process of its raylet SIGKILLed), three nodes, "
-    "run directory on S3",
+    "submitted with `ray job submit`, run directory, data and model on S3",
     outcome="the campaign finishes on the other worker: every unit stored once, none lost",
 )
 def test_actors_spread_over_workers_and_a_lost_worker_loses_nothing(
@@ -130,26 +191,21 @@ def test_actors_spread_over_workers_and_a_lost_worker_loses_nothing(
     for name in ("worker_a", "worker_b"):
         assert list((tmp_path / f"{name}-cache" / "objects").rglob("adapter_model.safetensors"))
 
-    # Worker b lost once fine-tuning is under way: the run finishes on worker a.
-    campaign = write_campaign(work, tiny_model_dir, f"{bucket}/runs/lost", [1, 2])
-    driver = run_driver(campaign, cluster, tmp_path / "head-cache")
-    lines: list[str] = []
-    started = threading.Event()
-
-    def read() -> None:
-        assert driver.stdout is not None
-        for line in driver.stdout:
-            lines.append(line)
-            if line.startswith("[fine-tune] start"):
-                started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert started.wait(300), "".join(lines)[-4000:]
+    # Submitted with `ray job submit`, as users launch, with the data and the model on S3
+    # too; worker b lost once fine-tuning is under way: the job finishes on worker a.
+    project = submitted_project(work / "project", s3_server, bucket, tiny_model_dir)
+    job = cluster_cli(cluster, "job", "submit", "--no-wait", "--submission-id", "lost",
+        "--working-dir", str(project),
+        "--", "python", "jobs/run_campaign.py", "campaigns/lost.yaml",
+    )  # fmt: skip
+    assert "lost" in job.stdout, job.stdout
+    wait_for(lambda: "[fine-tune] start" in job_logs(cluster, "lost"), 300, cluster, "lost")
     time.sleep(2.0)  # mid-training
     cluster.lose("worker_b")
-    assert driver.wait(timeout=600) == 0, "".join(lines)[-4000:]
-    reader.join(timeout=10)
+    wait_for(lambda: job_status(cluster, "lost") != "RUNNING", 600, cluster, "lost")
+    logs = job_logs(cluster, "lost")
+    assert job_status(cluster, "lost") == "SUCCEEDED", logs[-4000:]
+    assert f"results in {bucket}/runs/lost" in logs
 
     store = RunStore(tmp_path / "check-lost", remote=f"{bucket}/runs/lost")
     store.sync_down()

@@ -14,7 +14,13 @@ import yaml
 
 from ftsafe_ray.errors import StoreError
 from ftsafe_ray.store import JUDGMENTS
-from ftsafe_ray.store.remote import COMPLETE_MARKER, RemoteDir, materialize, remote_output
+from ftsafe_ray.store.remote import (
+    COMPLETE_MARKER,
+    STARTED_MARKER,
+    RemoteDir,
+    materialize,
+    remote_output,
+)
 from ftsafe_ray.store.run_dir import RunStore, open_remote_table, open_run
 from tests.fixtures.campaign_files import write_benchmark, write_chats
 
@@ -67,16 +73,34 @@ def test_a_tree_is_complete_only_with_its_marker_and_is_fetched_once_per_node(s3
         local.mkdir(parents=True)
         (local / "adapter_config.json").write_text("{}")
         (local / "weights.bin").write_bytes(b"\x00" * 100)
-    assert sorted(s3_server.keys(uri)) == [COMPLETE_MARKER, "adapter_config.json", "weights.bin"]
+    assert sorted(s3_server.keys(uri)) == [
+        COMPLETE_MARKER,
+        STARTED_MARKER,
+        "adapter_config.json",
+        "weights.bin",
+    ]
     # The node that built it keeps its copy: nothing is fetched back.
     copy = materialize(uri)
     assert (copy / "weights.bin").read_bytes() == b"\x00" * 100
 
     half = s3_server.make_bucket("half") + "/run/adapters/cut"
-    s3_server.put(f"{half}/adapter_config.json", b"{}")  # the upload stopped before the marker
+    s3_server.put(f"{half}/{STARTED_MARKER}", b"uploading\n")  # ours, stopped before the end
+    s3_server.put(f"{half}/adapter_config.json", b"{}")
     with pytest.raises(StoreError, match="not completely uploaded"):
         materialize(half)
     assert not list((cache / "objects").glob("*/cut"))
+    assert not RemoteDir(half.rsplit("/", 1)[0]).has_tree("cut")
+
+
+def test_a_model_a_user_uploaded_without_our_markers_is_fetched_as_it_stands(s3_server, cache):
+    uri = s3_server.make_bucket("user-models") + "/models/tiny"
+    s3_server.put(f"{uri}/config.json", b"{}")  # as `aws s3 sync` leaves it
+    s3_server.put(f"{uri}/sub/weights.bin", b"\x01" * 10)
+    copy = materialize(uri)
+    assert (copy / "config.json").read_bytes() == b"{}"
+    assert (copy / "sub" / "weights.bin").read_bytes() == b"\x01" * 10
+    with pytest.raises(StoreError, match="no such object"):
+        materialize(s3_server.make_bucket("empty") + "/models/none")
 
 
 def test_a_failed_build_publishes_nothing(s3_server, cache):

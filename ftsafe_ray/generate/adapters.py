@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +107,7 @@ def checkpoint_module_names(model_path: str, revision: str | None = None) -> set
     else:
         keys = set()
         for file in sorted(folder.glob("*.safetensors")):
-            with safe_open(str(file), framework="pt") as handle:
+            with safe_open(str(file), framework="numpy") as handle:  # keys only: no torch
                 keys.update(handle.keys())
     # a parameter key is "<module path>.<parameter>"; the module path is what peft matches
     return {key.rsplit(".", 1)[0] for key in keys if "." in key} or None
@@ -139,26 +139,57 @@ def lora_b_state(path: str | Path) -> str:
 
     peft initialises every B matrix to zero, so an adapter whose B weights are all zero adds
     exactly nothing to the base model: it was never trained, or its training did not update it.
+    A safetensors file is read without torch (the driver runs this check, and a cluster's
+    head need not load torch at all); a pickled adapter_model.bin needs torch to be read.
     """
-    import torch
-
     folder = Path(path)
-    found = False
     if (folder / "adapter_model.safetensors").is_file():
-        from safetensors import safe_open
+        states = [
+            _nonzero(data, dtype)
+            for name, dtype, data in _safetensors_tensors(folder / "adapter_model.safetensors")
+            if _LORA_B.search(name)
+        ]
+        return "missing" if not states else "trained" if any(states) else "zero"
+    if (folder / "adapter_model.bin").is_file():
+        import torch
 
-        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
-            names = handle.keys()  # safe_open handles are not iterable themselves
-            for key in names:
-                if _LORA_B.search(key):
-                    found = True
-                    if bool(torch.any(handle.get_tensor(key) != 0)):
-                        return "trained"
-    elif (folder / "adapter_model.bin").is_file():
         weights = torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
+        found = False
         for key, tensor in weights.items():
             if _LORA_B.search(key):
                 found = True
                 if bool(torch.any(tensor != 0)):
                     return "trained"
-    return "zero" if found else "missing"
+        return "zero" if found else "missing"
+    return "missing"
+
+
+# Bytes per element of the safetensors dtypes a LoRA weight can have.
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _safetensors_tensors(file: Path) -> Iterator[tuple[str, str, bytes]]:
+    """(name, dtype, raw bytes) of each tensor of a safetensors file, read by its documented
+    layout: an 8-byte little-endian header length, a JSON header, then the data."""
+    with file.open("rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+        start = 8 + size
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = entry["data_offsets"]
+            handle.seek(start + begin)
+            yield name, entry["dtype"], handle.read(end - begin)
+
+
+def _nonzero(data: bytes, dtype: str) -> bool:
+    """Whether a float tensor's raw bytes hold a value other than ±0 (what `tensor != 0` finds:
+    NaN counts as non-zero, -0.0 does not): any element with a bit set besides its sign bit."""
+    import numpy as np
+
+    width = _ITEM_BYTES.get(dtype)
+    if width is None:  # an integer dtype: every set bit is a non-zero value
+        return any(data)
+    elements = np.frombuffer(data, dtype=f"<u{width}")
+    return bool(np.any(elements & ((1 << (8 * width - 1)) - 1)))

@@ -3,8 +3,10 @@
 Object stores have no rename, so the local guarantee (write a hidden file, rename it into place)
 becomes the store's own: a single object appears only once its upload completes (a PUT, or the
 completion of a multipart upload), never half-written. Each shard and JSON file is therefore one
-object, uploaded after it was written whole; a directory of files (an adapter, an aligned model)
-is complete only once its marker object, uploaded last, exists.
+object, uploaded after it was written whole; a directory of files we upload (an adapter, an
+aligned model) opens with one marker object and is complete only once a second, uploaded last,
+exists. A directory with neither marker was uploaded by someone else (a user's model or data,
+`aws s3 sync`): it is taken as it stands.
 
 The driver works in a local mirror of the run directory (node-local disk, see `mirror_path`):
 it reads the tables there, and every file it writes there is published to the store at once. A
@@ -35,6 +37,7 @@ from ftsafe_ray.store.private import private_mkdir
 
 SCHEMES = ("s3://", "gs://", "gcs://")
 COMPLETE_MARKER = "_FTSAFE_COMPLETE"
+STARTED_MARKER = "_FTSAFE_UPLOADING"  # first object of a tree we upload: ours, maybe cut off
 CACHE_ENV = "FTSAFE_CACHE_DIR"
 
 
@@ -101,7 +104,11 @@ class RemoteDir:
             raise _fail("upload", self.join(relative), error) from None
 
     def publish_tree(self, local_dir: Path, relative: str) -> None:
-        """Upload every file of `local_dir`, then the marker that says the tree is complete."""
+        """Upload the marker that says the tree is ours, every file of `local_dir`, then the
+        marker that says it is complete."""
+        started = local_dir / STARTED_MARKER
+        started.write_text("uploading\n")
+        self.publish(started, f"{relative}/{STARTED_MARKER}")
         for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
             self.publish(path, f"{relative}/{path.relative_to(local_dir).as_posix()}")
         marker = local_dir / COMPLETE_MARKER
@@ -119,6 +126,13 @@ class RemoteDir:
     def has_tree(self, relative: str) -> bool:
         """Whether a tree was published completely (its marker exists)."""
         return self.exists(f"{relative}/{COMPLETE_MARKER}")
+
+    def is_foreign_tree(self, relative: str) -> bool:
+        """Whether `relative` is a directory of objects that we did not upload (no marker of
+        ours): a user's model or data, complete as far as we can tell."""
+        if self.exists(f"{relative}/{STARTED_MARKER}") or self.is_file(relative):
+            return False
+        return bool(self.files(relative))
 
     def exists(self, relative: str) -> bool:
         """Whether an object (or a "directory": a prefix of objects) exists."""
@@ -212,8 +226,8 @@ def remote_output(location: str) -> Iterator[Path]:
 def materialize(uri: str) -> Path:
     """A local copy of a published tree (an adapter, a model) or file, fetched once per node.
 
-    Concurrent callers on one node wait for one download (a lock file); a tree without its
-    completion marker is refused, so a half-uploaded adapter is never loaded.
+    Concurrent callers on one node wait for one download (a lock file); a tree we began to
+    upload but never marked complete is refused, so a half-uploaded adapter is never loaded.
     """
     if not is_remote(uri):
         return Path(uri)
@@ -227,7 +241,7 @@ def materialize(uri: str) -> Path:
             return target
         parent, _, name = uri.rstrip("/").rpartition("/")
         remote = RemoteDir(parent)
-        if remote.has_tree(name):
+        if remote.has_tree(name) or remote.is_foreign_tree(name):
             work = target.with_name(f".inprogress-{target.name}")
             shutil.rmtree(work, ignore_errors=True)
             for relative in remote.files(name):
