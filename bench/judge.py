@@ -16,13 +16,15 @@ requests/min and a tokens/min limit the way a real provider does, in one of thes
 It answers each admitted request after a uniform 0.3-2 s. The judge stage runs as `ftsafe run`
 runs it (real Ray, two judge actors sharing the cluster-wide budget, Parquet rows) over
 answers of 800-1,600 characters, once where requests/min binds and once where tokens/min
-binds. Per run it prints: steady share of the binding limit (admissions between the 10th and
-90th percentile admission time ÷ that span), overall share (everything admitted ÷ the wall
-time from the endpoint's first request, the check, to the stage's end: what the pool makes of
-its time at the endpoint, check and tail included), 429 share, lost rows, duplicate
-admissions, the stage's time and when its first request reached the endpoint (Ray is up
-before; the judge actors' processes start within the stage). The last line is
-a JSON summary: `min_steady_utilization` (worst over all runs), `max_rate_429`, `lost`.
+binds. As in `ftsafe run`, the judge pool is started before the answers are stored (the
+pipeline starts it while generation runs), then the stage is timed from its call with the
+answers stored to its end. Per run it prints: steady share of the binding limit (admissions
+between the 10th and 90th percentile admission time ÷ that span), overall share (everything
+admitted ÷ the stage's wall time, endpoint check, reading the answers and the last replies
+included), the same from the endpoint's first request, 429 share, lost rows, duplicate
+admissions, the stage's time and when its first request reached the endpoint. The last line
+is a JSON summary: `min_steady_utilization`, `min_overall_utilization` (worst over all runs),
+`max_rate_429`, `lost`, `duplicates`.
 """
 
 from __future__ import annotations
@@ -171,6 +173,7 @@ class Run:
     seconds: float
     steady: float
     overall: float
+    overall_at_endpoint: float
     first_request_s: float
 
     @property
@@ -188,7 +191,7 @@ def steady_share(admitted: list[tuple[float, float]], per_minute: int) -> float:
 
 
 def run_pool(behaviour: str, binding: str, n: int) -> Run:
-    from ftsafe_ray.judge.stage import rubric_access, run_judge_stage
+    from ftsafe_ray.judge.stage import rubric_access, run_judge_stage, start_judge_pool
     from ftsafe_ray.pipeline import load_plan, start_ray
     from ftsafe_ray.progress import PlainProgress
 
@@ -200,9 +203,15 @@ def run_pool(behaviour: str, binding: str, n: int) -> Run:
             store = store_generations(plan, answers(n))
             start_ray(None)
             access = rubric_access(plan.spec.judges.rubric, {})
-            started = time.monotonic()
-            run_judge_stage(plan, store, PlainProgress(interval_s=30), access)
-            ended = time.monotonic()
+            # Started ahead, as the pipeline starts it while generation runs.
+            pool = start_judge_pool(plan, access)
+            assert pool is not None and pool.ready(timeout_s=120)
+            try:
+                started = time.monotonic()
+                run_judge_stage(plan, store, PlainProgress(interval_s=30), access, pool=pool)
+                ended = time.monotonic()
+            finally:
+                pool.close()
             seconds = ended - started
             rows = [r for r in store.judgments.rows() if r["judge"] == "rubric"]
         first = min(r.at for r in server.chat_requests)
@@ -221,7 +230,8 @@ def run_pool(behaviour: str, binding: str, n: int) -> Run:
             rejected=server.rejected,
             seconds=seconds,
             steady=steady_share(weighted, limit),
-            overall=sum(w for _, w in weighted) / (ended - first) * 60.0 / limit,
+            overall=sum(w for _, w in weighted) / seconds * 60.0 / limit,
+            overall_at_endpoint=sum(w for _, w in weighted) / (ended - first) * 60.0 / limit,
             first_request_s=first - started,
         )
     finally:
@@ -237,10 +247,11 @@ def main() -> None:
     runs = []
     print(f"latency {LATENCY_S} s, answers of {ANSWER_CHARS} characters, {args.requests} requests")
     print(
-        "| behaviour | binding | steady | overall | 429s | lost | duplicates | rows ok/error "
+        "| behaviour | binding | steady | overall | overall from 1st request | 429s | lost "
+        "| duplicates | rows ok/error "
         "| stage s | first request at s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for behaviour in args.behaviours or BEHAVIOURS:
         for binding in args.binding or LIMITS:
             run = run_pool(behaviour, binding, args.requests)
@@ -249,6 +260,7 @@ def main() -> None:
             limit = f"{rpm}/min" if binding == "requests" else f"{tpm:,} tokens/min"
             print(
                 f"| {behaviour} | {binding} ({limit}) | {run.steady:.1%} | {run.overall:.1%} "
+                f"| {run.overall_at_endpoint:.1%} "
                 f"| {run.rejected}/{run.http_requests} ({run.rate_429:.2%}) | {run.lost} "
                 f"| {run.duplicates} | {run.ok}/{run.errors} | {run.seconds:.1f} "
                 f"| {run.first_request_s:.1f} |",

@@ -134,7 +134,7 @@ def _run_locked(
     from ftsafe_ray.finetune.stage import run_align_stage, run_finetune_stage
     from ftsafe_ray.generate.stage import run_generate_stage
     from ftsafe_ray.judge.identity import keyword_set_identities
-    from ftsafe_ray.judge.stage import rubric_access, run_judge_stage
+    from ftsafe_ray.judge.stage import rubric_access, run_judge_stage, start_judge_pool
 
     access = rubric_access(plan.spec.judges.rubric, environ)
     store = RunStore(plan.run_dir, spec_hash=plan.spec_hash, remote=plan.run_uri)
@@ -148,6 +148,8 @@ def _run_locked(
     progress = progress or default_progress()
     ray = start_ray(address)
     requested_nodes = ensure_capacity(plan.spec, ray, progress.log)
+    # The judge actors start now, in the background: up and ready when the answers are.
+    judge_pool = start_judge_pool(plan, access)
     try:
         aligned = run_align_stage(plan, store, progress)
         # Fine-tunes train in a thread while generation picks up each adapter as it lands.
@@ -158,9 +160,17 @@ def _run_locked(
             )
             finetuned = finetuning.result()
         judged = run_judge_stage(
-            plan, store, progress, access, retry_failed, Path(campaign_path).resolve().parent
+            plan,
+            store,
+            progress,
+            access,
+            retry_failed,
+            Path(campaign_path).resolve().parent,
+            judge_pool,
         )
     finally:
+        if judge_pool is not None:
+            judge_pool.close()
         if requested_nodes:
             release_request()
         progress.close()

@@ -509,3 +509,36 @@ def test_batch_mode_at_an_endpoint_without_batches_is_a_one_line_error(tmp_path,
     message = str(raised.value)
     assert "404" in message and "mode: online" in message and "\n" not in message
     assert rubric_rows(store) == []  # nothing was judged, so nothing was stored
+
+
+def test_a_judge_pool_started_ahead_is_used_and_a_dead_actor_in_it_is_replaced(
+    tmp_path, judge_server, ray_local
+):
+    import ray
+
+    from ftsafe_ray.judge.stage import start_judge_pool
+
+    plan = make_plan(tmp_path, judge_server.base_url, n=6, num_actors=2)
+    access = RubricAccess(base_url=judge_server.base_url, api_key="test-key")
+    pool = start_judge_pool(plan, access)
+    assert pool is not None
+    try:
+        # Started while generation would run: up, client built, and nothing sent yet.
+        assert pool.ready(timeout_s=120)
+        assert judge_server.chat_requests == []
+        started = {actor._actor_id for actor in pool.actors}
+        # One of its actors is lost before the answers arrive (its node went, say).
+        ray.kill(pool.actors[1])
+        time.sleep(1.0)
+        store = store_answers(plan)
+        began = time.time()
+        result = run_judge_stage(plan, store, PlainProgress(interval_s=60), access, pool=pool)
+        assert result.rubric_new == 6
+        assert {r["status"] for r in rubric_rows(store)} == {"ok"}
+        # The live actor was the pool's own; the lost one was replaced, not left dead.
+        now = {actor._actor_id for actor in pool.actors}
+        assert len(now & started) == 1 and len(now) == 2
+        # Warm actors send at once: the first request is not held for a process start.
+        assert min(r.at for r in judge_server.chat_requests) - began < 2.0
+    finally:
+        pool.close()

@@ -20,36 +20,96 @@ RUBRIC_BATCH = 16
 Store = Callable[[list[JudgeResult]], None]
 
 
+class JudgePool:
+    """The judge actors of one pass and the cluster-wide rate budget they pace through.
+
+    Actor processes take seconds to start (a Python process, the HTTP client's imports), so the
+    pipeline starts the pool while generation runs (`warm`): by the time the answers are stored,
+    its first requests go out at once. Close it when done (a context manager).
+    """
+
+    def __init__(self, spec: RubricJudgeSpec, access: Any) -> None:
+        from ftsafe_ray.judge.cluster import get_rate_budget
+        from ftsafe_ray.judge.pool import make_rubric_judge_actor
+
+        self.spec, self.access = spec, access
+        self.budget = get_rate_budget(spec, access.base_url)
+        # The share is what each actor paces at alone, should the shared budget be lost.
+        share = 1.0 / spec.num_actors
+        self.actors = [
+            make_rubric_judge_actor(spec, access.api_key, access.base_url, share, self.budget)
+            for _ in range(spec.num_actors)
+        ]
+        self._share = share
+        self._warming = [actor.warm.remote() for actor in self.actors]
+
+    def live_actors(self, timeout_s: float = 10.0) -> list[Any]:
+        """The actors, any that died since the pool started (its node lost while generation
+        ran, say) replaced by a new one. A warm actor answers a second `warm` at once; one
+        still starting is kept and waited for by the first batches sent to it."""
+        import ray
+
+        from ftsafe_ray.judge.pool import make_rubric_judge_actor
+
+        self._warming = [actor.warm.remote() for actor in self.actors]
+        done, _ = ray.wait(self._warming, num_returns=len(self._warming), timeout=timeout_s)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayTaskError:
+                continue  # building the client failed: the endpoint check says why, in one line
+            except ray.exceptions.RayActorError:
+                i = self._warming.index(ref)
+                self.actors[i] = make_rubric_judge_actor(
+                    self.spec, self.access.api_key, self.access.base_url, self._share, self.budget
+                )
+                self._warming[i] = self.actors[i].warm.remote()
+        return list(self.actors)
+
+    def ready(self, timeout_s: float | None = None) -> bool:
+        """Wait until every actor has started and built its client; whether they all did."""
+        import ray
+
+        done, _ = ray.wait(self._warming, num_returns=len(self._warming), timeout=timeout_s)
+        return len(done) == len(self._warming)
+
+    def close(self) -> None:
+        import ray
+
+        from ftsafe_ray.judge.cluster import release_rate_budget
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        release_rate_budget(self.budget)
+
+    def __enter__(self) -> JudgePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def judge_online(
     spec: RubricJudgeSpec,
     access: Any,
     requests: list[JudgeRequest],
     ledger: SpendLedger,
     store: Store,
+    pool: JudgePool | None = None,
 ) -> int:
-    """Judge `requests` through `spec.num_actors` judge actors; return how many were stored."""
-    import ray
-
-    from ftsafe_ray.judge.cluster import get_rate_budget, release_rate_budget
-    from ftsafe_ray.judge.pool import make_rubric_judge_actor
-
+    """Judge `requests` through `spec.num_actors` judge actors (those of `pool`, started ahead,
+    or a pool of this call's own); return how many were stored."""
     if not ledger.affordable(requests[:1], 0.0):
         return 0  # nothing left to do, or not one more call fits the budget
-    budget = get_rate_budget(spec, access.base_url)
-    # The share is what each actor paces at alone, should the shared budget be lost.
-    share = 1.0 / spec.num_actors
-    actors = [
-        make_rubric_judge_actor(spec, access.api_key, access.base_url, share, budget)
-        for _ in range(spec.num_actors)
-    ]
-    try:
+    with contextlib.ExitStack() as own:
+        if pool is None:
+            actors = own.enter_context(JudgePool(spec, access)).actors
+        else:
+            actors = pool.live_actors()  # started ahead: any lost meanwhile replaced
         # The endpoint check goes out first, but the first batches go right behind it
         # instead of a round trip later (see dispatch).
         return dispatch(actors, requests, spec, ledger, store, actors[0].check.remote())
-    finally:
-        for actor in actors:
-            ray.kill(actor)
-        release_rate_budget(budget)
 
 
 def dispatch(

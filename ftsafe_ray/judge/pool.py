@@ -46,6 +46,10 @@ class RubricJudgeActor:
         """Rate a batch; one result per request, in the same order."""
         return await self._judge_client().judge_many(requests)
 
+    async def warm(self) -> None:
+        """Build the client now (its imports take seconds), before the first batch needs it."""
+        self._judge_client()
+
     async def check(self) -> None:
         """Raise JudgeError if the endpoint, key or model is unusable."""
         await self._judge_client().check()

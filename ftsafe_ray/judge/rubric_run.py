@@ -9,7 +9,7 @@ from typing import Any
 
 from ftsafe_ray.judge.identity import RUBRIC
 from ftsafe_ray.judge.ledger import SpendLedger
-from ftsafe_ray.judge.online import RUBRIC_BATCH, judge_online
+from ftsafe_ray.judge.online import RUBRIC_BATCH, JudgePool, judge_online
 from ftsafe_ray.judge.rubric_client import JudgeRequest, JudgeResult
 from ftsafe_ray.spec import RubricJudgeSpec
 from ftsafe_ray.store import DONE_STATUSES, ParquetTable, ShardBuffer
@@ -67,7 +67,16 @@ class _CacheBuffer(ShardBuffer):
 class RubricRun:
     """One pass of the rubric judge over `todo` (verdict key → stored answer)."""
 
-    def __init__(self, plan, store, progress, access, todo, cache: ParquetTable) -> None:
+    def __init__(
+        self,
+        plan,
+        store,
+        progress,
+        access,
+        todo,
+        cache: ParquetTable,
+        pool: JudgePool | None = None,
+    ) -> None:
         from ftsafe_ray.judge.cost import price_of, spent_usd
         from ftsafe_ray.judge.rubrics import get_rubric
 
@@ -85,6 +94,7 @@ class RubricRun:
         self.left_by_budget = 0
         self._cache_buffer: ShardBuffer | None = None
         self._prices = plan.spec.judges.prices
+        self.pool = pool  # judge actors started ahead (online mode), or None to start them here
 
     @property
     def remaining_usd(self) -> float | None:
@@ -171,4 +181,5 @@ class RubricRun:
             self.requests(),
             self.ledger,
             lambda results: self.write(buffer, results),
+            self.pool,
         )

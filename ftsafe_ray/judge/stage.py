@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftsafe_ray.errors import JudgeError
 from ftsafe_ray.judge.identity import (
@@ -21,6 +21,9 @@ from ftsafe_ray.spec import RubricJudgeSpec
 from ftsafe_ray.store import DONE_STATUSES, JUDGMENTS, ParquetTable, RunStore
 from ftsafe_ray.store.remote import is_remote
 from ftsafe_ray.store.run_dir import open_remote_table
+
+if TYPE_CHECKING:
+    from ftsafe_ray.judge.online import JudgePool
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,17 @@ def read_api_key_file(path: str) -> str:
     return key
 
 
+def start_judge_pool(plan: Plan, access: RubricAccess | None) -> JudgePool | None:
+    """The online rubric judge's actors, started now so that they are up when the answers
+    are (None when the rubric judge is off or uses the Batch API). Close it after the stage."""
+    spec = plan.spec.judges.rubric
+    if access is None or spec.mode == "batch":
+        return None
+    from ftsafe_ray.judge.online import JudgePool
+
+    return JudgePool(spec, access)
+
+
 def plan_generations(plan: Plan, store: RunStore) -> list[dict[str, Any]]:
     """Stored answers that belong to this plan (error rows, which have none, left out)."""
     wanted = {unit.key for unit in plan.generations}
@@ -115,10 +129,12 @@ def run_judge_stage(
     access: RubricAccess | None,
     retry_failed: bool = False,
     base_dir: Path | None = None,
+    pool: JudgePool | None = None,
 ) -> JudgeStageResult:
     """Judge every stored answer of the plan not judged yet; verdicts are cached by content key.
 
-    `base_dir` (the campaign file's directory) resolves a relative `judges.cache_dir`.
+    `base_dir` (the campaign file's directory) resolves a relative `judges.cache_dir`; `pool`:
+    judge actors started ahead (see `start_judge_pool`), else the stage starts its own.
     """
     generations = plan_generations(plan, store)
     done = store.judgments.done_keys()
@@ -144,7 +160,7 @@ def run_judge_stage(
         todo = {key: row for key, row in todo.items() if key not in failed}
     from ftsafe_ray.judge.rubric_run import RubricRun
 
-    rubric = RubricRun(plan, store, progress, access, todo, cache)
+    rubric = RubricRun(plan, store, progress, access, todo, cache, pool)
     rubric_new = rubric.run()
     return JudgeStageResult(
         keyword_new, rubric_new, rubric.stop_reason, from_cache, rubric.left_by_budget
