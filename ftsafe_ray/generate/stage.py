@@ -25,13 +25,12 @@ class GenerateStageResult:
     blocked: int
 
 
-def resolve_backend(backend: str) -> str:
-    """'auto' means vLLM where it is installed, else the transformers backend."""
-    if backend != "auto":
-        return backend
-    import importlib.util
+def resolve_backend(backend: str, num_gpus: float = 0) -> str:
+    """The backend to generate with: 'auto' picks the faster for where generation runs
+    (generate/backend_choice.py)."""
+    from ftsafe_ray.generate.backend_choice import choose_backend
 
-    return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+    return choose_backend(backend, num_gpus).name
 
 
 def pending_generations(
@@ -77,6 +76,11 @@ def run_generate_stage(
     total = len({unit.key for unit in plan.generations})
     progress.start(STAGE, total=total, done=skipped)
     settings = plan.spec.generation
+    if settings.backend == "auto" and skipped < total:
+        from ftsafe_ray.generate.backend_choice import choose_backend
+
+        choice = choose_backend(settings.backend, settings.num_gpus)
+        progress.log(f"generate: backend auto → {choice.name} ({choice.reason})")
     worth_a_round = ROUND_BATCHES * settings.batch_size * settings.num_actors
     generated = 0
     tried: set[str] = set()
@@ -164,7 +168,7 @@ def _generator_factory(plan: Plan, model_name: str) -> Any:
         return actor_class.remote(
             plan.model_path(model_name),
             plan.model_spec(model_name).dtype,
-            resolve_backend(settings.backend),
+            resolve_backend(settings.backend, settings.num_gpus),
             torch_threads(settings.num_cpus),
             settings.vllm,
             plan.model_revision(model_name),
@@ -315,7 +319,7 @@ def _row(unit: GenerationUnit, result: Any, plan: Plan, error: str | None = None
         "num_prompt_tokens": None if result is None else result.num_prompt_tokens,
         "num_output_tokens": None if result is None else result.num_output_tokens,
         "finish_reason": None if result is None else result.finish_reason,
-        "backend": resolve_backend(plan.spec.generation.backend),
+        "backend": resolve_backend(plan.spec.generation.backend, plan.spec.generation.num_gpus),
         "status": "ok" if error is None else "error",
         "error": error,
         "node": None if result is None else getattr(result, "node", None),

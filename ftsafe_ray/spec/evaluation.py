@@ -123,7 +123,9 @@ class GenerationSpec(Strict):
     """Which generation backend runs and how it is placed."""
 
     backend: Literal["auto", "transformers", "vllm"] = Field(
-        "transformers", description="'auto': vLLM when the driver can import it, else transformers."
+        "transformers",
+        description="'auto': vLLM where it is installed and faster (GPUs, CPUs with AVX-512), "
+        "else transformers.",
     )
     batch_size: int = Field(16, ge=1, description="Prompts per generate call.")
     num_actors: int = Field(1, ge=1, description="Generator actors per base model.")
