@@ -12,6 +12,10 @@ class Progress(Protocol):
 
     def start(self, stage: str, total: int, done: int = 0) -> None: ...
 
+    def extend(self, stage: str, count: int) -> None:
+        """The stage's total grows by `count` (more work found while it runs)."""
+        ...
+
     def advance(self, stage: str, count: int = 1) -> None: ...
 
     def finish(self, stage: str) -> None: ...
@@ -39,6 +43,11 @@ class PlainProgress:
             self._line(stage, f"start: {total - done} to do ({done} of {total} already done)")
         else:
             self._line(stage, f"start: {total} to do")
+
+    def extend(self, stage: str, count: int) -> None:
+        if count > 0:
+            self.totals[stage] = self.totals.get(stage, 0) + count
+            self._line(stage, f"+{count} to do ({self.counts.get(stage, 0)}/{self.totals[stage]})")
 
     def advance(self, stage: str, count: int = 1) -> None:
         self.counts[stage] = self.counts.get(stage, 0) + count
@@ -86,6 +95,12 @@ class RichProgress:
 
     def start(self, stage: str, total: int, done: int = 0) -> None:
         self.tasks[stage] = self.bars.add_task(stage, total=max(total, 0), completed=done)
+
+    def extend(self, stage: str, count: int) -> None:
+        if stage in self.tasks and count > 0:
+            task = self.tasks[stage]
+            total = self.bars.tasks[task].total or 0
+            self.bars.update(task, total=total + count)
 
     def advance(self, stage: str, count: int = 1) -> None:
         if stage in self.tasks:

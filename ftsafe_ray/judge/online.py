@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,8 @@ class JudgePool:
         ]
         self._share = share
         self._warming = [actor.warm.remote() for actor in self.actors]
+        self.checked = False  # the endpoint check passed: later passes skip it
+        self.stopping = threading.Event()  # set: send no new batches, finish those in flight
 
     def live_actors(self, timeout_s: float = 10.0) -> list[Any]:
         """The actors, any that died since the pool started (its node lost while generation
@@ -104,12 +107,17 @@ def judge_online(
         return 0  # nothing left to do, or not one more call fits the budget
     with contextlib.ExitStack() as own:
         if pool is None:
-            actors = own.enter_context(JudgePool(spec, access)).actors
+            pool = own.enter_context(JudgePool(spec, access))
+            actors = pool.actors
         else:
             actors = pool.live_actors()  # started ahead: any lost meanwhile replaced
-        # The endpoint check goes out first, but the first batches go right behind it
-        # instead of a round trip later (see dispatch).
-        return dispatch(actors, requests, spec, ledger, store, actors[0].check.remote())
+        # The endpoint check goes out first (once per pool), but the first batches go right
+        # behind it instead of a round trip later (see dispatch).
+        check = None if pool.checked else actors[0].check.remote()
+        count = dispatch(actors, requests, spec, ledger, store, check, pool.stopping.is_set)
+        # Stored verdicts prove the check passed (stopped before any, it is still unknown).
+        pool.checked = pool.checked or check is None or count > 0
+        return count
 
 
 def dispatch(
@@ -119,61 +127,117 @@ def dispatch(
     ledger: SpendLedger,
     store: Store,
     check: Any = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> int:
-    """Keep every actor fed with a few batches; stop sending when the budget is spent.
+    """Keep every actor fed with a few batches, through the one actor pool the stages share
+    (actor_pool.run_on_actors); stop sending when the budget is spent (or `stopping()` says
+    so: the batches in flight are still stored).
 
     Until the endpoint `check` passes, each actor gets one batch and nothing is stored; should
     it fail, only the verdicts already paid for are kept (see _confirm). A batch whose actor
-    died is stored as error results (its requests may have been paid; --retry-failed redoes
-    them) and the other actors carry on.
+    died is stored as error results, not sent again (its requests may have been paid;
+    --retry-failed redoes them), and the other actors carry on.
     """
-    import ray
-
+    from ftsafe_ray.actor_pool import NO_ACTOR_LEFT, PoolSettings, run_on_actors
     from ftsafe_ray.judge.rubric_client import error_result
 
-    alive = list(actors)
-    window = len(alive) * (math.ceil(2 * spec.max_concurrency / RUBRIC_BATCH) + 2)
-    in_flight: dict[Any, tuple[Any, list[JudgeRequest], float]] = {}
-    reserved, sent, count, turn = 0.0, 0, 0, 0
-    while True:
-        limit = window if check is None else len(alive)
-        while alive and sent < len(requests) and len(in_flight) < limit:
-            batch = ledger.affordable(requests[sent : sent + RUBRIC_BATCH], reserved)
-            if not batch:
-                break
-            cost = sum(ledger.max_cost(r) for r in batch) if ledger.price else 0.0
-            actor = alive[turn % len(alive)]
-            in_flight[actor.judge_batch.remote(batch)] = (actor, batch, cost)
-            reserved += cost
-            sent += len(batch)
-            turn += 1
-        if not in_flight:
-            if sent < len(requests) and not alive:
-                raise JudgeError(
-                    f"judges.rubric: every judge actor died; {len(requests) - sent} "
-                    "answer(s) left unjudged, rerun to resume"
-                )
-            return count
-        if check is not None:
-            # The first batches are out: once the check passes, the window opens in full.
-            _confirm(check, in_flight, store)
-            check = None
-            continue
-        [ref], _ = ray.wait(list(in_flight), num_returns=1)
-        actor, batch, cost = in_flight.pop(ref)
-        reserved -= cost
-        try:
-            results = ray.get(ref)
-        except ray.exceptions.RayActorError as error:
-            if actor in alive:
-                alive.remove(actor)
-            message = f"judge actor died: {type(error).__name__}"
-            results = [error_result(r.key, message, 0, 0.0) for r in batch]
-        store(results)
-        count += len(results)
+    window = math.ceil(2 * spec.max_concurrency / RUBRIC_BATCH) + 2
+    batches = [requests[i : i + RUBRIC_BATCH] for i in range(0, len(requests), RUBRIC_BATCH)]
+    state = {"reserved": 0.0, "count": 0, "left": 0}
+    held: list[list[JudgeResult]] = []  # results that landed before the check passed
+    costs: dict[int, float] = {}
+    checked: list[bool] = []  # [True] once the check passed, [False] once it failed
+
+    def admit(batch: list[JudgeRequest]) -> tuple[list | None, list | None]:
+        if stopping is not None and stopping():
+            return None, None
+        send = ledger.affordable(batch, state["reserved"])
+        if not send:
+            return None, None
+        cost = sum(ledger.max_cost(r) for r in send) if ledger.price else 0.0
+        state["reserved"] += cost
+        costs[id(send)] = cost
+        return send, (batch[len(send) :] or None)
+
+    def landed(batch: list[JudgeRequest], results: list[JudgeResult]) -> None:
+        state["reserved"] -= costs.pop(id(batch), 0.0)
+        if checked == [False]:  # the check failed: keep only what was paid for
+            store([r for r in results if r.status != "error"])
+        elif confirmed():
+            store(results)
+            state["count"] += len(results)
+        else:
+            held.append(results)
+
+    def lost(batch: list[JudgeRequest], reason: str) -> None:
+        state["reserved"] -= costs.pop(id(batch), 0.0)
+        if reason.startswith(NO_ACTOR_LEFT):
+            state["left"] += len(batch)  # never sent
+            return
+        store([error_result(r.key, f"judge batch lost: {reason}", 0, 0.0) for r in batch])
+        state["count"] += len(batch)
+
+    def confirmed() -> bool:
+        """Whether the check passed (raising, in one line, once it failed)."""
+        if check is None or checked == [True]:
+            return True
+        import ray
+
+        done, _ = ray.wait([check], timeout=0)
+        if not done:
+            return False
+        checked.append(False)
+        _confirm(check, held, store)  # raises when the check failed
+        checked[0] = True
+        for results in held:
+            store(results)
+            state["count"] += len(results)
+        held.clear()
+        return True
+
+    def poll() -> None:
+        confirmed()
+
+    settings = PoolSettings(
+        num_actors=len(actors),
+        in_flight_per_actor=window,
+        max_restarts=0,
+        max_tries=1,
+        drain_on_error=True,
+        poll_s=0.05 if check is not None else None,
+    )
+    run_on_actors(
+        lambda: None,
+        batches,
+        lambda actor, batch: actor.judge_batch.remote(batch),
+        landed,
+        lost,
+        settings,
+        on_poll=poll,
+        actors=actors,
+        keep=True,
+        admit=admit,
+        in_flight=lambda: window if confirmed() else 1,
+    )
+    if check is not None and not checked:
+        # Every batch landed before the check's reply: wait for it, then store them.
+        _wait_for(check)
+        confirmed()
+    if state["left"]:
+        raise JudgeError(
+            f"judges.rubric: every judge actor died; {state['left']} "
+            "answer(s) left unjudged, rerun to resume"
+        )
+    return int(state["count"])
 
 
-def _confirm(check: Any, in_flight: dict[Any, Any], store: Store) -> None:
+def _wait_for(ref: Any) -> None:
+    import ray
+
+    ray.wait([ref], num_returns=1)
+
+
+def _confirm(check: Any, held: list[list[JudgeResult]], store: Store) -> None:
     """Raise JudgeError in one line if the endpoint check failed, after storing what the
     batches sent beside it had answered (paid verdicts; their errors are left to do)."""
     import ray
@@ -181,8 +245,7 @@ def _confirm(check: Any, in_flight: dict[Any, Any], store: Store) -> None:
     try:
         ray.get(check)
     except ray.exceptions.RayTaskError as error:
-        for ref in in_flight:
-            with contextlib.suppress(ray.exceptions.RayError):
-                store([r for r in ray.get(ref) if r.status != "error"])
+        for results in held:
+            store([r for r in results if r.status != "error"])
         cause = error.cause if isinstance(error.cause, JudgeError) else error
         raise JudgeError(f"judges.rubric: {cause}") from None
