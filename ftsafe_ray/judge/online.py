@@ -22,11 +22,13 @@ Store = Callable[[list[JudgeResult]], None]
 
 
 class JudgePool:
-    """The judge actors of one pass and the cluster-wide rate budget they pace through.
+    """The judge actors of a campaign (or of one stage call) and the cluster-wide rate budget
+    they pace through.
 
-    Actor processes take seconds to start (a Python process, the HTTP client's imports), so the
-    pipeline starts the pool while generation runs (`warm`): by the time the answers are stored,
-    its first requests go out at once. Close it when done (a context manager).
+    Actor processes take seconds to start (a Python process, the HTTP client's imports), so
+    `ftsafe run` starts the pool when the run begins: by the time answers are stored, the first
+    requests go out at once. The endpoint check goes out once per pool. Close it when done (a
+    context manager).
     """
 
     def __init__(self, spec: RubricJudgeSpec, access: Any) -> None:
