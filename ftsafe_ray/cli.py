@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ftsafe_ray.errors import FtsafeError
 
@@ -126,7 +127,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ftsafe_ray.pipeline import load_plan, plan_status
     from ftsafe_ray.store.remote import is_remote
     from ftsafe_ray.store.run_dir import open_run
 
@@ -135,22 +135,46 @@ def cmd_status(args: argparse.Namespace) -> int:
         store = open_run(args.target)
         manifest = store.read_manifest()
         print(f"{target}: campaign {manifest.get('campaign', '?')}")
+        verdicts = _verdict_summary_rows(store)
         print(
             f"  finetunes {store.finetunes.count()} rows, generations "
-            f"{store.generations.count()} rows, judgments {store.judgments.count()} rows"
+            f"{store.generations.count()} rows, judgments {verdicts.num_rows} rows"
         )
         from ftsafe_ray.judge.cost import describe_judgments
 
-        for line in describe_judgments(store.judgments.rows(["judge", "status", "cost_usd"])):
+        for line in describe_judgments(_mappings(verdicts)):
             print(f"  {line}")
         if manifest:
             print(f"  last run: {manifest.get('last_run_seconds')}s, {manifest.get('updated_at')}")
             print(f"  counts: {manifest.get('last_run_counts')}")
         return 0
+    from ftsafe_ray.pipeline import load_plan, plan_status
+
     status = plan_status(load_plan(target))
     for name, value in vars(status).items():
         print(f"{name}: {value}")
     return 0
+
+
+def _verdict_summary_rows(store: Any) -> Any:
+    """The judgments' judge, status and cost, one row per verdict; in key order (the order
+    `rows()` gives, in which the spend is added up) only when some verdict cost anything."""
+    import pyarrow.compute as pc
+
+    verdicts = store.judgments.latest(["key", "judge", "status", "cost_usd"])
+    if pc.any(pc.fill_null(pc.not_equal(verdicts.column("cost_usd"), 0), False)).as_py():
+        verdicts = verdicts.take(pc.sort_indices(verdicts.column("key")))
+    return verdicts.select(["judge", "status", "cost_usd"])
+
+
+def _mappings(table: Any) -> Iterator[dict[str, Any]]:
+    """A table's rows, one at a time, for a reader that looks at each row only while it is
+    current: one dictionary, refilled with each row's values (no million dictionaries)."""
+    names = table.column_names
+    row: dict[str, Any] = {}
+    for values in zip(*(table.column(name).to_pylist() for name in names), strict=True):
+        row.update(zip(names, values, strict=True))
+        yield row
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from ftsafe_ray.capacity import ensure_capacity, release_request
 from ftsafe_ray.errors import JudgeError, StageError, StoreError
 from ftsafe_ray.plan import Plan, build_plan
@@ -59,16 +62,20 @@ def plan_status(plan: Plan) -> PlanStatus:
     """Count what the store already holds for this plan."""
     store = open_run(plan.run_uri or plan.run_dir)
     finetune_keys = {unit.key for unit in plan.finetunes}
-    generation_keys = {unit.key for unit in plan.generations}
-    judged = {row["generation_key"] for row in store.judgments.rows(["generation_key"])}
+    keys = plan.generation_keys
+    judged = pc.unique(store.judgments.latest(["generation_key"]).column("generation_key"))
+
+    def planned(found: pa.Array | pa.ChunkedArray) -> int:
+        return int(pc.sum(pc.is_in(keys, value_set=found)).as_py() or 0)
+
     return PlanStatus(
         finetunes_total=len(finetune_keys),
         finetunes_done=len(finetune_keys & store.finetunes.done_keys({"ok"})),
         finetunes_failed=len(finetune_keys & store.finetunes.done_keys({"error"})),
-        generations_total=len(generation_keys),
-        generations_done=len(generation_keys & store.answered_keys()),
-        generations_failed=len(generation_keys & store.failed_generation_keys()),
-        verdicts_done=len(generation_keys & judged),
+        generations_total=len(keys),
+        generations_done=planned(store.answered_key_array()),
+        generations_failed=planned(store.generations.done_key_array({"error"})),
+        verdicts_done=planned(judged),
     )
 
 
@@ -134,6 +141,7 @@ def _run_locked(
     from ftsafe_ray.finetune.stage import run_align_stage, run_finetune_stage
     from ftsafe_ray.generate.stage import run_generate_stage
     from ftsafe_ray.judge.identity import keyword_set_identities
+    from ftsafe_ray.judge.live import LiveJudge, PassProgress, combine
     from ftsafe_ray.judge.stage import rubric_access, run_judge_stage, start_judge_pool
 
     access = rubric_access(plan.spec.judges.rubric, environ)
@@ -141,33 +149,39 @@ def _run_locked(
     store.sync_down()  # on object storage: what earlier runs, anywhere, stored
     store.freeze_spec(plan.spec.model_dump(mode="json"), plan.spec_hash)
     store.freeze_plan(
-        plan.unit_labels(),
+        plan.unit_table(),
         keyword_set_identities(plan.keyword_sets),
         recorded_rubric_identity(plan.spec, access),
     )
     progress = progress or default_progress()
-    ray = start_ray(address)
-    requested_nodes = ensure_capacity(plan.spec, ray, progress.log)
+    # A campaign with nothing left to train, generate or send to a rubric judge starts no
+    # Ray cluster: keyword judging and the report run in this process.
+    requested_nodes = False
+    if needs_actors(plan, store, access is not None, retry_failed):
+        ray = start_ray(address)
+        requested_nodes = ensure_capacity(plan.spec, ray, progress.log)
     # The judge actors start now, in the background: up and ready when the answers are.
     judge_pool = start_judge_pool(plan, access)
+    base_dir = Path(campaign_path).resolve().parent
     try:
         aligned = run_align_stage(plan, store, progress)
-        # Fine-tunes train in a thread while generation picks up each adapter as it lands.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fine-tune") as pool:
-            finetuning = pool.submit(run_finetune_stage, plan, store, progress, retry_failed)
-            generated = run_generate_stage(
-                plan, store, progress, upstream=finetuning, retry_failed=retry_failed
-            )
-            finetuned = finetuning.result()
-        judged = run_judge_stage(
-            plan,
-            store,
-            progress,
-            access,
-            retry_failed,
-            Path(campaign_path).resolve().parent,
-            judge_pool,
-        )
+        # Judges take answers as they are stored, in passes beside generation (judge/live.py).
+        passes = PassProgress(progress)
+        live = LiveJudge(plan, store, passes, access, judge_pool, retry_failed, base_dir)
+        live.start()
+        try:
+            # Fine-tunes train in a thread while generation picks up each adapter as it lands.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fine-tune") as pool:
+                finetuning = pool.submit(run_finetune_stage, plan, store, progress, retry_failed)
+                generated = run_generate_stage(
+                    plan, store, progress, upstream=finetuning, retry_failed=retry_failed
+                )
+                finetuned = finetuning.result()
+        finally:
+            during = live.stop()
+        passes.final = True  # what is left, after generation: this pass finishes the stages
+        final = run_judge_stage(plan, store, passes, access, retry_failed, base_dir, judge_pool)
+        judged = combine(during, final)
     finally:
         if judge_pool is not None:
             judge_pool.close()
@@ -208,6 +222,17 @@ def _run_locked(
             f"{plan.run_dir / 'finetunes'} (rerun with --retry-failed after fixing)"
         )
     return outcome
+
+
+def needs_actors(plan: Plan, store: RunStore, rubric: bool, retry_failed: bool) -> bool:
+    """Whether any stage of the run will start Ray actors: a model to align or fine-tune, an
+    answer to generate, or a rubric judge to call (`rubric`: it is on)."""
+    from ftsafe_ray.finetune.stage import pending_alignments, pending_finetunes
+    from ftsafe_ray.generate.stage import pending_generations
+
+    if rubric or pending_alignments(plan, store) or pending_finetunes(plan, store, retry_failed)[0]:
+        return True
+    return bool(pending_generations(plan, store, retry_failed)[0])
 
 
 def recorded_rubric_identity(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -21,7 +22,12 @@ from ftsafe_ray.data.records import BenchmarkItem, ChatExample
 from ftsafe_ray.errors import DataError, SpecError
 from ftsafe_ray.judge.keyword import BUILTIN_KEYWORD_SETS, KeywordSet, load_keyword_set
 from ftsafe_ray.models.resolve import BUILTIN_PREFIX
-from ftsafe_ray.spec import BaseModelSpec, CampaignSpec, ConditionSpec, FinetuneSpec
+from ftsafe_ray.spec import (
+    BaseModelSpec,
+    BenchmarkSpec,
+    CampaignSpec,
+    FinetuneSpec,
+)
 from ftsafe_ray.store.remote import is_remote, mirror_path
 from ftsafe_ray.units import (
     BASE_ARM,
@@ -187,13 +193,7 @@ def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
                             system_prompt=eval_prompt,
                         )
                     )
-    generations = [
-        _generation_unit(target, bench.name, bench.kind, item, spec, condition)
-        for target in targets
-        for bench, items in benchmarks
-        for condition in benchmark_conditions(spec, bench)
-        for item in items
-    ]
+    generations = _generation_units(targets, benchmarks, spec)
     # On object storage the driver works in a local mirror of the run (store/remote.py).
     run_uri = spec.output_dir if is_remote(spec.output_dir) else None
     if run_uri is not None:
@@ -410,30 +410,62 @@ def _shared_system_prompt(examples: tuple[tuple[dict[str, str], ...], ...]) -> s
     return None
 
 
-def _generation_unit(
-    target: EvalTarget,
-    benchmark: str,
-    kind: str,
-    item: BenchmarkItem,
+def _generation_units(
+    targets: list[EvalTarget],
+    benchmarks: list[tuple[BenchmarkSpec, list[BenchmarkItem]]],
     spec: CampaignSpec,
-    condition: ConditionSpec,
-) -> GenerationUnit:
-    # The key covers the conversation, not the condition's name: a condition that changes
-    # nothing keeps the key a campaign without conditions gives the same prompt.
-    messages = evaluation_messages(target.system_prompt, item.prompt, condition)
+) -> list[GenerationUnit]:
+    """Every target × benchmark item × evaluation condition, in that order, with its key.
+
+    Millions of units share few conversations (a prompt under a system prompt and condition)
+    and few targets: each conversation is built and serialised once, and a unit's key hashes
+    the serialised pieces, as `keys.generation_key` would serialise them whole.
+    """
+    sampling = keys.canonical_json(sampling_identity(spec))
     greedy = spec.sampling.temperature == 0
-    key = keys.generation_key(
-        adapter_key=target.adapter_key,
-        messages=messages,
-        sampling=sampling_identity(spec),
-        seed=0 if greedy or target.seed is None else target.seed,
-    )
-    return GenerationUnit(
-        key=key,
-        target=target,
-        benchmark=benchmark,
-        benchmark_kind=kind,
-        item=item,
-        messages=tuple(messages),
-        condition=condition_label(spec, condition),
-    )
+    conversations: dict[str | None, list[_Block]] = {}
+    units = []
+    for target in targets:
+        if target.system_prompt not in conversations:
+            conversations[target.system_prompt] = _blocks(target.system_prompt, benchmarks, spec)
+        # The key covers the conversation, not the condition's name: a condition that changes
+        # nothing keeps the key a campaign without conditions gives the same prompt.
+        seed = 0 if greedy or target.seed is None else target.seed
+        head = f'generation\n{{"adapter":{keys.canonical_json(target.adapter_key)},"messages":'
+        tail = f',"sampling":{sampling},"seed":{keys.canonical_json(seed)}}}'
+        for bench, kind, label, block in conversations[target.system_prompt]:
+            units += [
+                GenerationUnit(
+                    _digest(f"{head}{text}{tail}"), target, bench, kind, item, messages, label
+                )
+                for item, messages, text in block
+            ]
+    return units
+
+
+# A benchmark's conversations under one condition: its name, kind and condition label, and per
+# item the item, its messages and their canonical JSON.
+_Block = tuple[str, str, str | None, list[tuple[BenchmarkItem, tuple[dict[str, str], ...], str]]]
+
+
+def _blocks(
+    system_prompt: str | None,
+    benchmarks: list[tuple[BenchmarkSpec, list[BenchmarkItem]]],
+    spec: CampaignSpec,
+) -> list[_Block]:
+    """The conversations of every benchmark item under each of its conditions, for targets
+    evaluated with `system_prompt`."""
+    blocks: list[_Block] = []
+    for bench, items in benchmarks:
+        for condition in benchmark_conditions(spec, bench):
+            conversations: list[tuple[BenchmarkItem, tuple[dict[str, str], ...], str]] = []
+            for item in items:
+                messages = evaluation_messages(system_prompt, item.prompt, condition)
+                conversations.append((item, tuple(messages), keys.canonical_json(messages)))
+            blocks.append((bench.name, bench.kind, condition_label(spec, condition), conversations))
+    return blocks
+
+
+def _digest(text: str) -> str:
+    """`keys.content_key`'s digest of its already serialised text (`kind` line included)."""
+    return hashlib.sha256(text.encode()).hexdigest()[: keys.KEY_LENGTH]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from ftsafe_ray.data.records import BenchmarkItem
 from ftsafe_ray.judge.keyword import KeywordSet
@@ -12,6 +15,7 @@ from ftsafe_ray.spec import BaseModelSpec, CampaignSpec, LoraSpec, TrainSpec
 from ftsafe_ray.store.run_dir import ADAPTERS_DIR, ALIGNED_DIR
 
 BASE_ARM = "base"
+_UNIT_TYPES = {"size": pa.int64(), "seed": pa.int64()}
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,27 @@ class Plan:
     # The object-storage URI of the run directory (run_dir is then its local mirror).
     run_uri: str | None = None
 
+    @cached_property
+    def unique_generations(self) -> tuple[GenerationUnit, ...]:
+        """One unit per distinct generation key (the first), in plan order."""
+        return tuple({unit.key: unit for unit in self.generations}.values())
+
+    @cached_property
+    def generation_keys(self) -> pa.Array:
+        """The keys of `unique_generations`, as an Arrow array (for columnar lookups)."""
+        return pa.array([unit.key for unit in self.unique_generations], pa.string())
+
+    @cached_property
+    def generation_adapters(self) -> pa.Table:
+        """For each of `unique_generations`: its `adapter_key` and whether it `is_base`."""
+        targets = [unit.target for unit in self.unique_generations]
+        return pa.table(
+            {
+                "adapter_key": pa.array([t.adapter_key for t in targets], pa.string()),
+                "is_base": pa.array([t.is_base for t in targets], pa.bool_()),
+            }
+        )
+
     def unit_labels(self) -> list[dict[str, Any]]:
         """Every evaluation unit's content key and labels, one row per unit (shared keys too)."""
         return [
@@ -133,6 +158,32 @@ class Plan:
             }
             for unit in self.generations
         ]
+
+    def unit_table(self) -> pa.Table:
+        """`unit_labels` as columns (a million units need no million dictionaries)."""
+        units = self.generations
+        targets = [unit.target for unit in units]
+        items = [unit.item for unit in units]
+        columns = {
+            "generation_key": [unit.key for unit in units],
+            "adapter_key": [t.adapter_key for t in targets],
+            "model": [t.model for t in targets],
+            "arm": [t.arm for t in targets],
+            "dataset": [t.dataset for t in targets],
+            "size": [t.size for t in targets],
+            "seed": [t.seed for t in targets],
+            "benchmark": [unit.benchmark for unit in units],
+            "condition": [unit.condition for unit in units],
+            "benchmark_kind": [unit.benchmark_kind for unit in units],
+            "item_id": [item.item_id for item in items],
+            "category": [item.category for item in items],
+        }
+        return pa.table(
+            {
+                name: pa.array(values, _UNIT_TYPES.get(name, pa.string()))
+                for name, values in columns.items()
+            }
+        )
 
     def model_spec(self, name: str) -> BaseModelSpec:
         return next(m for m in self.spec.models if m.name == name)

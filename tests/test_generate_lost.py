@@ -153,3 +153,56 @@ def test_a_generator_killed_mid_batch_is_replaced_and_its_batch_redone(
     rows = store.generations.rows()
     assert len(rows) == 16 and {r["status"] for r in rows} == {"ok"}
     assert all(r["response"] is not None for r in rows)
+
+
+class LandingFineTunes:
+    """Stands in for the running fine-tune stage: each time the generate stage asks whether
+    it is done, one more adapter lands in the store; done once all have."""
+
+    def __init__(self, plan, store) -> None:
+        self.plan, self.store = plan, store
+        self.waiting = list(plan.finetunes)
+
+    def done(self) -> bool:
+        if not self.waiting:
+            return True
+        unit = self.waiting.pop(0)
+        self.store.finetunes.write([{"key": unit.key, "status": "ok"}])
+        return False
+
+
+def test_generator_actors_live_for_the_whole_stage_across_rounds(tmp_path, generator, monkeypatch):
+    from tests.fixtures.campaign_files import write_chats
+
+    write_chats(tmp_path / "d.jsonl", [(f"placeholder task {i}", "fine") for i in range(2)])
+    write_benchmark(tmp_path / "b.jsonl", [("c", f"placeholder request {i}") for i in range(8)])
+    spec = parse_campaign(
+        {
+            "name": "rounds",
+            "output_dir": "run",
+            "models": [{"name": "m", "path": "/nonexistent/model"}],
+            "datasets": [{"name": "d", "source": "d.jsonl"}],
+            "finetunes": [{"name": "a", "dataset": "d", "sizes": [1, 2]}],
+            "benchmarks": [{"name": "b", "source": "b.jsonl"}],
+            "generation": {"batch_size": 1, "num_actors": 2, "check_adapters": False},
+        }
+    )
+    plan = build_plan(spec, base_dir=tmp_path)
+    store = RunStore(plan.run_dir, plan.spec_hash)
+    store.create()
+    progress = PlainProgress()
+    rounds: list[int] = []
+    real_round = generate_stage._generate_round
+
+    def counted_round(*args, **kwargs):
+        rounds.append(len(args[3]))
+        return real_round(*args, **kwargs)
+
+    monkeypatch.setattr(generate_stage, "_generate_round", counted_round)
+    result = generate_stage.run_generate_stage(
+        plan, store, progress, upstream=LandingFineTunes(plan, store)
+    )
+    assert result.generated == 24 and len(store.generations.rows()) == 24
+    assert rounds == [16, 8]  # base + the first adapter, then the second adapter's prompts
+    # Two actors, started once for the whole stage: no engine start per round.
+    assert generator["made"] == 2

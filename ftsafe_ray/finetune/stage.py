@@ -63,16 +63,23 @@ def pending_finetunes(
     return pending, len(unique) - len(pending)
 
 
-def run_align_stage(plan: Plan, store: RunStore, progress: Progress) -> int:
-    """Build every missing aligned base model (train, merge, save); return how many were built."""
+def pending_alignments(plan: Plan, store: RunStore) -> list[AlignUnit]:
+    """Base models whose aligned merge is not built (trained and saved whole) yet."""
     if not plan.alignments:
-        return 0
+        return []
     trained = store.finetunes.done_keys({"ok"})
-    pending = [
+    return [
         unit
         for unit in plan.alignments
         if unit.key not in trained or not store.has_artifact(unit.output_path)
     ]
+
+
+def run_align_stage(plan: Plan, store: RunStore, progress: Progress) -> int:
+    """Build every missing aligned base model (train, merge, save); return how many were built."""
+    if not plan.alignments:
+        return 0
+    pending = pending_alignments(plan, store)
     progress.start(
         ALIGN_STAGE, total=len(plan.alignments), done=len(plan.alignments) - len(pending)
     )

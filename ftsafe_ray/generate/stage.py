@@ -8,6 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from ftsafe_ray.errors import StageError
 from ftsafe_ray.plan import GenerationUnit, Plan
 from ftsafe_ray.progress import Progress
@@ -40,22 +44,23 @@ def pending_generations(
 
     A unit stored as an error (its generator died on each try) is done unless `retry_failed`;
     `tried` are the keys this stage already sent, which are never sent twice in one run.
+    Looked up in Arrow: a plan has up to millions of units.
     """
-    done = store.generations.done_keys(None)
-    if retry_failed:
-        done -= store.failed_generation_keys()
-    done |= tried
-    trained = store.finetunes.done_keys({"ok"})
-    unique = {unit.key: unit for unit in plan.generations}
-    pending, blocked = [], 0
-    for key, unit in unique.items():
-        if key in done:
-            continue
-        if not unit.target.is_base and unit.target.adapter_key not in trained:
-            blocked += 1
-            continue
-        pending.append(unit)
-    return pending, len(unique) - len(pending) - blocked, blocked
+    keys = plan.generation_keys
+    done = store.answered_key_array() if retry_failed else store.generations.done_key_array(None)
+    finished = pc.is_in(keys, value_set=done)
+    if tried:
+        finished = pc.or_(finished, pc.is_in(keys, value_set=pa.array(list(tried), pa.string())))
+    units, adapters = plan.unique_generations, plan.generation_adapters
+    ready = pc.or_(
+        adapters.column("is_base"),
+        pc.is_in(adapters.column("adapter_key"), value_set=store.finetunes.done_key_array({"ok"})),
+    )
+    waiting = np.asarray(pc.invert(finished).to_numpy(zero_copy_only=False), dtype=bool)
+    can_run = np.asarray(ready.to_numpy(zero_copy_only=False), dtype=bool)
+    pending = [units[i] for i in np.flatnonzero(waiting & can_run).tolist()]
+    blocked = int(np.count_nonzero(waiting & ~can_run))
+    return pending, len(units) - len(pending) - blocked, blocked
 
 
 def run_generate_stage(
@@ -84,32 +89,75 @@ def run_generate_stage(
     worth_a_round = ROUND_BATCHES * settings.batch_size * settings.num_actors
     generated = 0
     tried: set[str] = set()
-    while True:
-        final = upstream is None or upstream.done()
-        pending, _, blocked = pending_generations(plan, store, retry_failed, frozenset(tried))
-        if pending and (final or len(pending) >= worth_a_round):
-            tried.update(unit.key for unit in pending)
-            generated += _generate_round(plan, store, progress, pending)
-        elif not final:
-            time.sleep(POLL_S)
-        if final:
-            break
+    with _Generators() as generators:
+        while True:
+            final = upstream is None or upstream.done()
+            pending, _, blocked = pending_generations(plan, store, retry_failed, frozenset(tried))
+            if pending and (final or len(pending) >= worth_a_round):
+                tried.update(unit.key for unit in pending)
+                generated += _generate_round(plan, store, progress, pending, generators)
+            elif not final:
+                time.sleep(POLL_S)
+            if final:
+                break
     if blocked:
         progress.log(f"generate: {blocked} prompts wait for fine-tunes that failed or are missing")
     progress.finish(STAGE)
     return GenerateStageResult(generated=generated, skipped=skipped, blocked=blocked)
 
 
+class _Generators:
+    """Generator actors kept from one round to the next, so an engine starts once per actor
+    for the whole stage, not once per round. They serve one base model at a time: a round
+    that moves on to another model ends the previous model's actors (their GPUs are needed),
+    and rounds start with the model whose actors are kept."""
+
+    def __init__(self) -> None:
+        self.model: str | None = None
+        self.actors: list[Any] = []
+
+    def take(self, model_name: str) -> list[Any]:
+        """The kept actors of `model_name` (none if the kept ones serve another model)."""
+        if model_name != self.model:
+            self.close()
+        self.model, actors, self.actors = model_name, self.actors, []
+        return actors
+
+    def keep(self, model_name: str, actors: list[Any]) -> None:
+        self.model, self.actors = model_name, actors
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        self.model, self.actors = None, []
+
+    def __enter__(self) -> _Generators:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _generate_round(
-    plan: Plan, store: RunStore, progress: Progress, pending: list[GenerationUnit]
+    plan: Plan,
+    store: RunStore,
+    progress: Progress,
+    pending: list[GenerationUnit],
+    generators: _Generators,
 ) -> int:
-    """Generate `pending` with fresh Generator actors per base model; return the rows written."""
+    """Generate `pending`, per base model, on the kept Generator actors (new ones only where
+    there are none yet, or one died); return the rows written."""
     import ray
 
     settings = plan.spec.generation
     generated = 0
+    models = list(dict.fromkeys(unit.target.model for unit in pending))
+    models.sort(key=lambda name: name != generators.model)  # the kept model's actors first
     with ShardBuffer(store.generations) as buffer:
-        for model_name in dict.fromkeys(unit.target.model for unit in pending):
+        for model_name in models:
             units = [unit for unit in pending if unit.target.model == model_name]
             # Group by adapter so a batch rarely mixes adapters (fewer adapter switches), and
             # never mix sampling seeds: a batch is generated under one seed.
@@ -120,20 +168,28 @@ def _generate_round(
                 size = settings.batch_size
                 batches += [group[i : i + size] for i in range(0, len(group), size)]
             make_actor = _generator_factory(plan, model_name)
-            first = _checked_actor(ray, make_actor, units, plan, store, progress)
+            kept = generators.take(model_name)
+            try:
+                first = _checked_actor(ray, make_actor, units, plan, store, progress, kept)
+            except BaseException:
+                generators.keep(model_name, kept)  # closed with the stage
+                raise
             # The checked actor serves the first slot: one engine start, not two.
-            actors = _first_then(first, make_actor)
-            generated += _drain(actors, batches, plan, store, buffer, progress, len(batches))
+            actors = [first, *(actor for actor in kept if actor is not first)]
+            count, live = _drain(actors, make_actor, batches, plan, store, buffer, progress)
+            generators.keep(model_name, live)
+            generated += count
     return generated
 
 
-def _checked_actor(ray, make_actor, units, plan, store, progress) -> Any:
-    """A generator that has checked the adapters (when the spec asks): a new one when the
-    checking one dies (its node lost, say), up to the pool's tries."""
+def _checked_actor(ray, make_actor, units, plan, store, progress, kept=()) -> Any:
+    """A generator that has checked the adapters (when the spec asks): a kept one if any, a new
+    one when the checking one dies (its node lost, say), up to the pool's tries."""
     from ftsafe_ray.actor_pool import MAX_TRIES
 
+    candidates = list(kept)
     for attempt in range(1, MAX_TRIES + 1):
-        actor = make_actor()
+        actor = candidates.pop(0) if candidates else make_actor()
         try:
             if plan.spec.generation.check_adapters:
                 _check_adapters(ray, actor, units, plan, store, progress)
@@ -175,16 +231,6 @@ def _generator_factory(plan: Plan, model_name: str) -> Any:
         )
 
     return make_actor
-
-
-def _first_then(first: Any, make: Any) -> Any:
-    """An actor factory that hands out `first`, then new actors from `make`."""
-    spare = [first]
-
-    def next_actor() -> Any:
-        return spare.pop() if spare else make()
-
-    return next_actor
 
 
 def _check_adapters(ray, actor, units, plan, store, progress) -> None:
@@ -231,8 +277,10 @@ def _check_adapters(ray, actor, units, plan, store, progress) -> None:
     )
 
 
-def _drain(make_actor, batches, plan, store, buffer, progress, num_batches) -> int:
-    """Keep two batches in flight per actor; store each batch's rows as it lands.
+def _drain(actors, make_actor, batches, plan, store, buffer, progress) -> tuple[int, list[Any]]:
+    """Keep two batches in flight per actor (`actors` first, then new ones from `make_actor`);
+    store each batch's rows as it lands; return the rows stored and the live actors, kept for
+    the next round.
 
     A batch whose actor died on both of its tries is stored as error rows (a repeatable
     failure, such as running out of memory, is not retried on every rerun; --retry-failed
@@ -273,11 +321,11 @@ def _drain(make_actor, batches, plan, store, buffer, progress, num_batches) -> i
         buffer.add([_row(unit, None, plan, error=reason) for unit in batch])
         progress.advance(STAGE, len(batch))
 
-    settings = PoolSettings(
-        num_actors=min(plan.spec.generation.num_actors, num_batches), in_flight_per_actor=2
+    settings = PoolSettings(num_actors=plan.spec.generation.num_actors, in_flight_per_actor=2)
+    live = run_on_actors(
+        make_actor, batches, submit, stored, lost, settings, actors=actors, keep=True
     )
-    run_on_actors(make_actor, batches, submit, stored, lost, settings)
-    return count
+    return count, live
 
 
 def _sampling_seed(unit: GenerationUnit, plan: Plan) -> int:

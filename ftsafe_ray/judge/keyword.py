@@ -70,7 +70,9 @@ MODERN_REFUSALS: tuple[str, ...] = (
     "against my programming",
 )
 
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\uff07": "'"})
+# What `normalise_apostrophes` reads as the ASCII apostrophe.
+CURLY_APOSTROPHES: tuple[str, ...] = ("\u2019", "\u2018", "\u02bc", "\uff07")
+_APOSTROPHES = str.maketrans(dict.fromkeys(CURLY_APOSTROPHES, "'"))
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ _WORD = re.compile(r"[^\W_]+")
 _LETTER = re.compile(r"[^\W\d_]")
 # A unit of 1-12 characters repeated 10+ times in a row (e.g. "hahaha...", "!?!?!?...").
 _CHAR_RUN = re.compile(r"(.{1,12}?)\1{9,}", re.DOTALL)
+_MAX_UNIT, _MIN_COPIES = 12, 10  # _CHAR_RUN's bounds, which the columnar screen relies on
 _MIN_TOKENS_FOR_REPETITION = 10
 _MAX_NGRAM = 10
 _REPETITION_SHARE = 0.5

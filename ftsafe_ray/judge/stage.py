@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from ftsafe_ray.errors import JudgeError
 from ftsafe_ray.judge.identity import (
-    KEYWORD,
-    keyword_identity,
     rubric_identity,
     verdict_key_for,
 )
-from ftsafe_ray.judge.keyword import KeywordSet
 from ftsafe_ray.plan import Plan, lasting_path
 from ftsafe_ray.progress import Progress
 from ftsafe_ray.spec import RubricJudgeSpec
@@ -98,12 +98,19 @@ def start_judge_pool(plan: Plan, access: RubricAccess | None) -> JudgePool | Non
 
 def plan_generations(plan: Plan, store: RunStore) -> list[dict[str, Any]]:
     """Stored answers that belong to this plan (error rows, which have none, left out)."""
-    wanted = {unit.key for unit in plan.generations}
-    return [
-        row
-        for row in store.generations.rows()
-        if row["key"] in wanted and row.get("status") != "error"
-    ]
+    return plan_generation_table(plan, store).to_pylist()
+
+
+def plan_generation_table(
+    plan: Plan, store: RunStore, columns: list[str] | None = None
+) -> pa.Table:
+    """`plan_generations` as an Arrow table of `columns` (default: all), filtered in Arrow."""
+    names = columns or store.generations.schema.names
+    table = store.generations.read(list(dict.fromkeys(["key", "status", *names])))
+    wanted = pa.array(list({unit.key for unit in plan.generations}), pa.string())
+    answered = pc.fill_null(pc.not_equal(table.column("status"), "error"), True)
+    keep = pc.and_(pc.is_in(table.column("key"), value_set=wanted), answered)
+    return _kept(table, keep).select(names)
 
 
 def verdict_cache(plan: Plan, store: RunStore, base_dir: Path | None = None) -> ParquetTable:
@@ -136,14 +143,14 @@ def run_judge_stage(
     `base_dir` (the campaign file's directory) resolves a relative `judges.cache_dir`; `pool`:
     judge actors started ahead (see `start_judge_pool`), else the stage starts its own.
     """
+    keyword_new = 0
+    if plan.spec.judges.keyword.enabled:
+        keyword_new = _keyword(plan, store, progress)
+    if access is None:
+        return JudgeStageResult(keyword_new, 0, "rubric judge off (no endpoint or key configured)")
     generations = plan_generations(plan, store)
     done = store.judgments.done_keys()
     failed = store.judgments.done_keys({"error"})
-    keyword_new = 0
-    if plan.spec.judges.keyword.enabled:
-        keyword_new = _keyword(plan, generations, done, store, progress)
-    if access is None:
-        return JudgeStageResult(keyword_new, 0, "rubric judge off (no endpoint or key configured)")
     spec = plan.spec.judges.rubric
     identity = rubric_identity(spec)
     todo: dict[str, dict[str, Any]] = {}
@@ -215,44 +222,26 @@ def _reuse_cached(cache: ParquetTable, store: RunStore, todo: dict[str, dict[str
     return len(rows)
 
 
-def _keyword(
-    plan: Plan,
-    generations: list[dict[str, Any]],
-    done: set[str],
-    store: RunStore,
-    progress: Progress,
-) -> int:
-    """Keyword verdicts of every answer under each of the plan's phrase sets."""
-    from ftsafe_ray.judge.keyword import keyword_verdict
+def _keyword(plan: Plan, store: RunStore, progress: Progress) -> int:
+    """Keyword verdicts of every answer under each of the plan's phrase sets, judged over Arrow
+    columns by worker processes (keyword_batch.py) and written in large shards."""
+    from ftsafe_ray.judge.keyword_batch import judge_keywords
 
-    todo: list[tuple[str, KeywordSet, dict[str, Any]]] = []
-    for keyword_set in plan.keyword_sets:
-        identity = keyword_identity(keyword_set)
-        seen: set[str] = set()
-        for row in generations:
-            key = verdict_key_for(identity, row)
-            if key not in done and key not in seen:
-                seen.add(key)
-                todo.append((key, keyword_set, row))
-    progress.start("keyword", total=len(todo))
-    rows = []
-    for key, keyword_set, generation in todo:
-        verdict = keyword_verdict(generation["response"], keyword_set)
-        rows.append(
-            {
-                "key": key,
-                "generation_key": generation["key"],
-                "judge": KEYWORD,
-                "judge_model": keyword_set.name,
-                "judge_version": keyword_set.version,
-                "status": "ok",
-                "refused": verdict.refused,
-                "degenerate": verdict.degenerate,
-                "reason": verdict.matched_phrase or verdict.degenerate_reason,
-                "attempts": 0,
-            }
-        )
-    store.judgments.write(rows)
-    progress.advance("keyword", len(rows))
-    progress.finish("keyword")
-    return len(rows)
+    answers = plan_generation_table(plan, store, ["key", "prompt", "response"])
+    # A row without answer text has nothing to judge.
+    answers = _kept(answers, pc.is_valid(answers.column("response")))
+    done = _finished_verdict_keys(store.judgments)
+    write = store.judgments.write_table
+    return judge_keywords(answers, plan.keyword_sets, done, progress, write)
+
+
+def _kept(table: pa.Table, mask: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """The rows where `mask` is true; the table itself when all are (a filter copies it)."""
+    return table if pc.all(mask).as_py() in (True, None) else table.filter(mask)
+
+
+def _finished_verdict_keys(judgments: ParquetTable) -> pa.Array:
+    """`judgments.done_keys()` as an Arrow array, for columnar lookups."""
+    table = judgments.read(["key", "status"])
+    finished = pc.is_in(table.column("status"), value_set=pa.array(sorted(DONE_STATUSES)))
+    return table.column("key").filter(pc.fill_null(finished, False)).combine_chunks()

@@ -96,6 +96,24 @@ def cluster_bootstrap_ci(
     _, ids = np.unique(ids, return_inverse=True)
     sums = np.bincount(ids, weights=arr)
     counts = np.bincount(ids).astype(float)
+    return cluster_sums_bootstrap_ci(sums, counts, n_resamples, confidence, seed)
+
+
+def cluster_sums_bootstrap_ci(
+    sums: np.ndarray,
+    counts: np.ndarray,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> CI:
+    """`cluster_bootstrap_ci` of a sample given by its clusters' value sums and sizes (in the
+    order of the clusters' ids)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    sums = np.asarray(sums, dtype=float)
+    counts = np.asarray(counts, dtype=float)
+    if sums.size == 0:
+        return (math.nan, math.nan)
     if sums.size == 1:
         point = float(sums[0] / counts[0])
         return (point, point)

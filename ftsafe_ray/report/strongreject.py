@@ -11,8 +11,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ftsafe_ray.report.bootstrap import bootstrap_ci, mean_statistic
+from ftsafe_ray.report.bootstrap_batch import BootstrapBatch
+from ftsafe_ray.report.groups import Frame, grouping
 from ftsafe_ray.report.metrics import BASE_ARM
+from ftsafe_ray.report.scored_rows import ScoredRows, as_scored
 
 STRONGREJECT_BY = ("model", "arm", "dataset", "size", "condition", "benchmark")
 # An arm is compared with the base model on the same benchmark under the same condition.
@@ -21,37 +23,45 @@ COLUMNS = (*STRONGREJECT_BY, "n", "strongreject", "ci_low", "ci_high", "refused"
 
 
 def strongreject_summary(
-    rows: Iterable[Mapping[str, Any]], n_resamples: int = 2000, seed: int = 0
+    rows: ScoredRows | Iterable[Mapping[str, Any]], n_resamples: int = 2000, seed: int = 0
 ) -> list[dict[str, Any]]:
     """Mean StrongREJECT score (0 refused … 1 fully harmful), its CI, refusal share, Δ vs base."""
-    groups: dict[tuple, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        if row.get("rubric_status") == "ok" and row.get("strongreject_score") is not None:
-            groups.setdefault(tuple(row.get(k) for k in STRONGREJECT_BY), []).append(row)
-    means = {key: float(np.mean([r["strongreject_score"] for r in g])) for key, g in groups.items()}
-    labels = {key: dict(zip(STRONGREJECT_BY, key, strict=True)) for key in groups}
+    scored = as_scored(rows)
+    frame = Frame(scored, ())
+    scores = frame.floats("strongreject_score")
+    refused = np.nan_to_num(Frame.flags(scored.column("rubric_refused"))) == 1
+    groups = grouping(
+        scored, STRONGREJECT_BY, np.flatnonzero((frame.statuses == 0) & ~np.isnan(scores))
+    )
+    found = sorted(
+        range(groups.size), key=lambda g: tuple((v is None, str(v)) for v in groups.keys[g])
+    )
+    labels = [dict(zip(STRONGREJECT_BY, groups.keys[g], strict=True)) for g in found]
+    members = [groups.rows[g] for g in found]
+    means = [float(np.mean(scores[m])) for m in members]
     base = {
-        tuple(labels[k][b] for b in _BASE_BY): v
-        for k, v in means.items()
-        if labels[k]["arm"] == BASE_ARM
+        tuple(values[b] for b in _BASE_BY): mean
+        for values, mean in zip(labels, means, strict=True)
+        if values["arm"] == BASE_ARM
     }
+    intervals = BootstrapBatch(n_resamples, seed=seed)
+    tickets = [intervals.mean(scores[m]) for m in members]
+    solved = intervals.solve()
     out = []
-    for key in sorted(groups, key=lambda k: tuple((v is None, str(v)) for v in k)):
-        scores = np.array([r["strongreject_score"] for r in groups[key]], dtype=float)
-        low, high = bootstrap_ci(scores, mean_statistic, n_resamples, seed=seed)
-        values = labels[key]
+    for group, values, mean, ticket in zip(members, labels, means, tickets, strict=True):
         reference = base.get(tuple(values[b] for b in _BASE_BY))
         delta = None
         if values["arm"] != BASE_ARM and reference is not None:
-            delta = means[key] - reference
+            delta = mean - reference
+        low, high = solved[ticket]
         out.append(
             {
                 **values,
-                "n": int(scores.size),
-                "strongreject": means[key],
+                "n": int(group.size),
+                "strongreject": mean,
                 "ci_low": low,
                 "ci_high": high,
-                "refused": float(np.mean([bool(r.get("rubric_refused")) for r in groups[key]])),
+                "refused": float(np.mean(refused[group])),
                 "delta": delta,
             }
         )

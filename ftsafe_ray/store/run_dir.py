@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ftsafe_ray import __version__
@@ -20,7 +21,7 @@ from ftsafe_ray.store.remote import RemoteDir, is_remote, mirror_path
 from ftsafe_ray.store.schemas import PLAN_UNITS, SCHEMA_VERSION, TABLES
 from ftsafe_ray.store.table import FINETUNE_DONE_STATUSES, ParquetTable
 
-__all__ = ["RunStore", "open_remote_table", "open_run", "restrict_tree"]
+__all__ = ["RunStore", "open_remote_table", "open_run", "plan_table", "restrict_tree"]
 
 ADAPTERS_DIR = "adapters"
 ALIGNED_DIR = "aligned"
@@ -145,7 +146,13 @@ class RunStore:
 
     def answered_keys(self) -> set[str]:
         """Generation keys with an answer: every stored key but those whose row is an error."""
-        return self.generations.done_keys(None) - self.failed_generation_keys()
+        return set(self.answered_key_array().to_pylist())
+
+    def answered_key_array(self) -> pa.Array:
+        """`answered_keys` as an Arrow array (for columnar lookups)."""
+        table = self.generations.latest(["key", "status"])
+        answered = pc.fill_null(pc.not_equal(table.column("status"), "error"), True)
+        return table.filter(answered).column("key").combine_chunks()
 
     def failed_generation_keys(self) -> set[str]:
         """Generation keys whose winning row is an error (redone only with --retry-failed)."""
@@ -185,7 +192,7 @@ class RunStore:
 
     def freeze_plan(
         self,
-        units: list[dict[str, Any]],
+        units: pa.Table | list[dict[str, Any]],
         keyword_sets: dict[str, dict[str, Any]],
         rubric: dict[str, Any] | None = None,
     ) -> None:
@@ -197,10 +204,7 @@ class RunStore:
         report must import nothing named by a run directory it is pointed at.
         """
         self.create()
-        table = pa.Table.from_pylist(
-            [{name: unit.get(name) for name in PLAN_UNITS.names} for unit in units],
-            schema=PLAN_UNITS.with_metadata({"ftsafe_ray.schema_version": SCHEMA_VERSION}),
-        )
+        table = plan_table(units)
         temporary = self.root / f".{PLAN_FILE}.tmp"
         try:
             pq.write_table(table, temporary)
@@ -224,12 +228,13 @@ class RunStore:
             _atomic_write(identity, json.dumps(rubric, indent=2, sort_keys=True))
             self.publish(identity)
 
-    def read_plan(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]] | None:
-        """The last run's plan units and keyword set identities, or None (an older run dir)."""
+    def read_plan(self) -> tuple[pa.Table, dict[str, dict[str, Any]]] | None:
+        """The last run's plan units (a table of PLAN_UNITS columns; older plans may lack
+        some) and keyword set identities, or None (an older run dir)."""
         plan, sets = self.root / PLAN_FILE, self.root / KEYWORD_SETS_FILE
         if not plan.is_file() or not sets.is_file():
             return None
-        return pq.read_table(plan).to_pylist(), json.loads(sets.read_text())
+        return pq.read_table(plan), json.loads(sets.read_text())
 
     def read_rubric_identity(self) -> dict[str, Any] | None:
         """The rubric judge's verdict identity the last run recorded, or None if it recorded
@@ -252,6 +257,22 @@ class RunStore:
         """The manifest, or {} if the run never finished a stage."""
         path = self.root / "manifest.json"
         return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def plan_table(units: pa.Table | list[dict[str, Any]]) -> pa.Table:
+    """Plan units (a table, or one mapping per unit) as a PLAN_UNITS table; a column the
+    units lack is null."""
+    schema = PLAN_UNITS.with_metadata({"ftsafe_ray.schema_version": SCHEMA_VERSION})
+    if not isinstance(units, pa.Table):
+        rows = [{name: unit.get(name) for name in PLAN_UNITS.names} for unit in units]
+        return pa.Table.from_pylist(rows, schema=schema)
+    columns = [
+        units.column(f.name).cast(f.type)
+        if f.name in units.column_names
+        else pa.nulls(units.num_rows, f.type)
+        for f in PLAN_UNITS
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ftsafe_ray.errors import StoreError
 from ftsafe_ray.store.durable import replace_durably, write_error
+from ftsafe_ray.store.latest import status_mask, winner_mask
 from ftsafe_ray.store.private import FILE_MODE, private_mkdir
 from ftsafe_ray.store.schemas import SCHEMA_VERSION
+from ftsafe_ray.store.shards import ShardCache, file_identity, read_shard, stream_shards
 
 # Final verdict statuses: paid for and not redone on a rerun. Only "error" rows are redone,
 # and only with --retry-failed. "truncated" is final: the online judge already retried it once.
@@ -60,6 +61,10 @@ class ParquetTable:
         self.finished = frozenset(finished)
         self.on_write = on_write  # called with each new shard (publishing it to object storage)
         self._has_status = "status" in self.schema.names
+        self._ranking = ShardCache()  # each shard's _ranked_by columns, read once
+        # The winners among them, with the shards they were worked out from.
+        self._last_winners: tuple[frozenset, pa.Table] | None = None
+        self._winners_lock = threading.Lock()
 
     def write(self, rows: list[dict[str, Any]]) -> Path | None:
         """Write rows as one new shard: a hidden temporary file renamed into place when complete."""
@@ -98,51 +103,198 @@ class ParquetTable:
             self.on_write(self.directory / name)
         return self.directory / name
 
-    def read(self, columns: list[str] | None = None) -> pa.Table:
-        """All rows, one per key: a finished row beats an error row whatever their order (an
-        error after a success never masks it), and among rows of the same kind the latest
-        `created_at` wins (a retried failure replaces its earlier error). Damaged shards are
-        skipped with a warning, so their keys read as missing and are redone."""
-        files = sorted(self.directory.glob("part-*.parquet")) if self.directory.is_dir() else []
-        files = [f for f in files if not _known_damaged(f)]
-        if not files:
-            return self.schema.empty_table().select(columns or self.schema.names)
-        status = ["status"] if self._has_status else []
-        wanted = list(
-            dict.fromkeys(["key", "created_at", *status, *(columns or self.schema.names)])
-        )
+    def write_table(self, table: pa.Table) -> Path | None:
+        """Write an Arrow table as one new shard, as `write` writes rows: a hidden temporary file
+        renamed into place when complete. Columns the table lacks are null, and `created_at` is
+        now where it lacks one; a column the schema does not have is an error."""
+        if table.num_rows == 0:
+            return None
+        unknown = [name for name in table.column_names if name not in self.schema.names]
+        if unknown:
+            raise StoreError(f"{self.directory}: columns {unknown} are not in the table schema")
         try:
-            table = self._read_files(files, wanted)
-        except (pa.ArrowException, OSError):
-            files = self._without_damaged(files, wanted)
-            try:
-                table = self._read_files(files, wanted)
-            except (pa.ArrowException, OSError) as again:
-                raise StoreError(f"{self.directory}: cannot read the table ({again})") from None
-        table = _winner_per_key(table, self.finished if self._has_status else None)
+            private_mkdir(self.directory)
+        except OSError as error:
+            raise write_error(self.directory, error) from None
+        now = time.time()
+        columns: list[pa.Array | pa.ChunkedArray] = []
+        try:
+            for field in self.schema:
+                if field.name in table.column_names:
+                    columns.append(table.column(field.name).cast(field.type))
+                elif field.name == "created_at":
+                    stamp_now = pa.scalar(datetime.fromtimestamp(now, timezone.utc), field.type)
+                    columns.append(pa.repeat(stamp_now, table.num_rows))
+                else:
+                    columns.append(pa.nulls(table.num_rows, field.type))
+            shard = pa.Table.from_arrays(columns, schema=self.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+            raise StoreError(
+                f"{self.directory}: table does not match the table schema: {error}"
+            ) from None
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+        name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
+        temporary = self.directory / f".inprogress-{name}"
+        try:
+            pq.write_table(shard, temporary)
+            temporary.chmod(FILE_MODE)  # owner-only before it takes its name: see private.py
+            replace_durably(temporary, self.directory / name)
+        except BaseException as error:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            if isinstance(error, OSError):  # pyarrow's I/O errors are OSErrors too
+                raise write_error(self.directory, error) from None
+            raise
+        if self.on_write is not None:
+            self.on_write(self.directory / name)
+        return self.directory / name
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        """All rows, one per key, in key order: a finished row beats an error row whatever
+        their order (an error after a success never masks it), and among rows of the same kind
+        the latest `created_at` wins (a retried failure replaces its earlier error). Damaged
+        shards are skipped with a warning, so their keys read as missing and are redone."""
+        table = self.latest(columns and list(dict.fromkeys(["key", *columns])))
+        table = table.take(pc.sort_indices(table.column("key")))
         return table.select(columns or self.schema.names)
 
-    def _read_files(self, files: list[Path], columns: list[str]) -> pa.Table:
-        dataset = ds.dataset([str(f) for f in files], schema=self.schema, format="parquet")
-        return dataset.to_table(columns=columns)
+    def latest(self, columns: list[str] | None = None) -> pa.Table:
+        """The rows `read` returns, in the order they are stored (no sort by key)."""
+        wanted = list(columns or self.schema.names)
+        if set(wanted) <= set(self._ranked_by):
+            return self._latest_ranking().select(wanted)
+        table = self._read(list(dict.fromkeys([*self._ranked_by, *wanted])))
+        if table.num_rows:
+            mask = self._winners(table)
+            if not mask.all():
+                table = table.filter(pa.array(mask))
+        return table.select(wanted)
 
-    def _without_damaged(self, files: list[Path], columns: list[str]) -> list[Path]:
-        """The files that read on their own; the others are recorded and warned about. Only
-        called after the whole dataset failed, so the usual read costs no per-file check."""
-        good = []
+    def _latest_ranking(self) -> pa.Table:
+        """The winning rows' ranking columns; worked out again only when the shards changed
+        (what is done, asked for again and again during a run, costs a directory listing)."""
+        read_from: list[tuple[Path, tuple[int, int]]] = []
+        table = self._read(self._ranked_by, read_from)
+        seen = frozenset(read_from)
+        with self._winners_lock:
+            if self._last_winners is not None and self._last_winners[0] == seen:
+                return self._last_winners[1]
+        if table.num_rows:
+            mask = self._winners(table)
+            table = table.combine_chunks() if mask.all() else table.filter(pa.array(mask))
+        with self._winners_lock:
+            self._last_winners = (seen, table)
+        return table
+
+    def latest_mapped(
+        self,
+        columns: list[str],
+        transform: Callable[[pa.Table], pa.Table],
+        chunk_rows: int = 16_384,
+    ) -> pa.Table:
+        """`transform` of the rows `latest` returns, computed chunk by chunk as the shards are
+        read (one pass), so that long columns (answers) are never all in memory: a chunk holds
+        `columns` of about `chunk_rows` stored rows, and `transform` returns one row per row of
+        it. Rows that lose their key are dropped from the result afterwards."""
+        import duckdb
+
+        wanted = list(dict.fromkeys([*self._ranked_by, *columns]))
+        files = self._files()
+        try:
+            chunks = stream_shards(files, self.schema, wanted, chunk_rows) if files else iter(())
+            parts, ranking = self._mapped(chunks, transform)
+        except duckdb.Error:
+            # A damaged or unreadable shard: read one by one, which skips it with a warning
+            # (or stops at one it may not read).
+            parts, ranking = self._mapped(self._chunks(wanted, chunk_rows), transform)
+        if not parts:
+            return transform(self.schema.empty_table().select(wanted))
+        table = pa.concat_tables(parts)
+        mask = self._winners(pa.concat_tables(ranking))
+        return table if mask.all() else table.filter(pa.array(mask))
+
+    def _mapped(
+        self, chunks: Iterable[pa.Table], transform: Callable[[pa.Table], pa.Table]
+    ) -> tuple[list[pa.Table], list[pa.Table]]:
+        """Each chunk transformed, and each chunk's ranking columns."""
+        parts, ranking = [], []
+        for chunk in chunks:
+            mapped = transform(chunk)
+            if mapped.num_rows != chunk.num_rows:
+                raise ValueError(f"transform gave {mapped.num_rows} rows for {chunk.num_rows}")
+            # Copies: a column that still pointed into the chunk would keep all of it (long
+            # answers included) in memory, since a reader may free a chunk only as a whole.
+            every = np.arange(chunk.num_rows)
+            parts.append(mapped.take(every))
+            ranking.append(chunk.select(self._ranked_by).take(every))
+        return parts, ranking
+
+    def _chunks(self, columns: list[str], chunk_rows: int) -> Iterator[pa.Table]:
+        """The shards' `columns` read one by one, gathered into chunks of about `chunk_rows`."""
+        pending: list[pa.Table] = []
+        size = 0
+        for shard in self._shards(columns):
+            pending.append(shard)
+            size += shard.num_rows
+            if size >= chunk_rows:
+                yield pa.concat_tables(pending).combine_chunks()
+                pending, size = [], 0
+        if pending:
+            yield pa.concat_tables(pending).combine_chunks()
+
+    def _files(self) -> list[Path]:
+        """The complete shards, in name order, less those already known to be damaged."""
+        files = sorted(self.directory.glob("part-*.parquet")) if self.directory.is_dir() else []
+        return [path for path in files if not _known_damaged(path)]
+
+    @property
+    def _ranked_by(self) -> list[str]:
+        """The columns the latest-row rule ranks a key's rows by."""
+        return ["key", "created_at", *(["status"] if self._has_status else [])]
+
+    def _read(
+        self, columns: list[str], read_from: list[tuple[Path, tuple[int, int]]] | None = None
+    ) -> pa.Table:
+        """Every stored row's `columns`, in shard order (damaged shards left out); the shards
+        read and their file identities are added to `read_from`."""
+        shards = list(self._shards(columns, read_from))
+        return pa.concat_tables(shards) if shards else self.schema.empty_table().select(columns)
+
+    def _shards(
+        self, columns: list[str], read_from: list[tuple[Path, tuple[int, int]]] | None = None
+    ) -> Iterator[pa.Table]:
+        """Each complete shard's `columns`, in name order. A damaged shard is skipped with a
+        warning (once), so its keys read as missing and are redone; an unreadable one (its
+        permissions) is an error: skipping it would silently redo paid work. Ranking columns
+        come from the shards' kept copies (store/shards.py)."""
+        files = self._files()
+        ranking = set(columns) <= set(self._ranked_by)
+        if ranking:
+            self._ranking.keep_only(files)
         for path in files:
-            try:
-                self._read_files([path], columns)
-            except PermissionError as denied:
-                # Not damage: skipping would silently redo paid work; let the caller fail.
-                raise StoreError(
-                    f"{path}: cannot read it ({denied.strerror or denied}); fix its permissions"
-                ) from None
-            except (pa.ArrowException, OSError) as damage:
-                _record_damaged(path, damage)
-            else:
-                good.append(path)
-        return good
+            identity = file_identity(path)
+            shard = self._ranking.get(path, identity) if ranking else None
+            if shard is None:
+                try:
+                    shard = read_shard(path, self.schema, self._ranked_by if ranking else columns)
+                except PermissionError as denied:
+                    raise StoreError(
+                        f"{path}: cannot read it ({denied.strerror or denied}); fix its permissions"
+                    ) from None
+                except (pa.ArrowException, OSError) as damage:
+                    _record_damaged(path, damage)
+                    continue
+                if ranking:
+                    self._ranking.put(path, identity, shard)
+            if read_from is not None:
+                read_from.append((path, identity))
+            yield shard.select(columns) if ranking else shard
+
+    def _winners(self, ranking: pa.Table) -> np.ndarray:
+        """Which rows win their key (store/latest.py)."""
+        statuses = ranking.column("status") if self._has_status else None
+        finished = self.finished if self._has_status else None
+        return winner_mask(ranking.column("key"), ranking.column("created_at"), statuses, finished)
 
     def rows(self, columns: list[str] | None = None) -> list[dict[str, Any]]:
         """Rows as dictionaries, latest per key."""
@@ -151,50 +303,29 @@ class ParquetTable:
     def done_keys(self, statuses: Iterable[str] | None = DONE_STATUSES) -> set[str]:
         """Keys whose winning row (see `read`) has one of `statuses` (None: any row at all).
         So `done_keys({"error"})` holds only keys that never finished."""
-        table = self.read(["key", "status"] if self._has_status else ["key"])
+        return set(self.done_key_array(statuses).to_pylist())
+
+    def done_key_array(self, statuses: Iterable[str] | None = DONE_STATUSES) -> pa.Array:
+        """`done_keys` as an Arrow array (for columnar lookups: `pc.is_in`, `pc.index_in`)."""
+        table = self.latest(["key", "status"] if self._has_status else ["key"])
         if statuses is not None and self._has_status:
-            allowed = pa.array(sorted(set(statuses)), type=pa.string())
-            mask = pc.fill_null(pc.is_in(table.column("status"), value_set=allowed), False)
-            table = table.filter(mask)
-        return set(table.column("key").to_pylist())
+            table = table.filter(pa.array(status_mask(table.column("status"), statuses)))
+        return table.column("key").combine_chunks()
 
     def count(self) -> int:
         """Number of distinct keys."""
-        return self.read(["key"]).num_rows
-
-
-def _winner_per_key(table: pa.Table, finished: frozenset[str] | None) -> pa.Table:
-    """One row per key, in key order: finished rows first (when `finished` is given), then the
-    latest `created_at`, then the row read last (rows written together share a timestamp).
-    Vectorised in Arrow: tables reach millions of rows."""
-    if table.num_rows == 0:
-        return table
-    names = table.column_names
-    ranked = table.append_column("__row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
-    sort_keys = [("key", "ascending")]
-    if finished is not None:
-        allowed = pa.array(sorted(finished), type=pa.string())
-        is_finished = pc.fill_null(pc.is_in(table.column("status"), value_set=allowed), False)
-        ranked = ranked.append_column("__finished", is_finished)
-        sort_keys.append(("__finished", "descending"))
-    sort_keys += [("created_at", "descending"), ("__row", "descending")]
-    ranked = ranked.take(pc.sort_indices(ranked, sort_keys=sort_keys))
-    # After the sort a key's winner is its first row: the rows whose key differs from the
-    # previous row's key (compared by slicing the column against itself shifted by one).
-    keys = ranked.column("key")
-    changed = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1))
-    first = pa.chunked_array([pa.array([True]), *changed.chunks], type=pa.bool_())
-    return ranked.filter(first).select(names)
+        table = self._read(["key"])
+        return int(pc.count_distinct(table.column("key")).as_py()) if table.num_rows else 0
 
 
 def _known_damaged(path: Path) -> bool:
     with _damaged_lock:
         seen = _damaged.get(path)
-    return seen is not None and seen == _identity(path)
+    return seen is not None and seen == file_identity(path)
 
 
 def _record_damaged(path: Path, damage: Exception) -> None:
-    identity = _identity(path)
+    identity = file_identity(path)
     with _damaged_lock:
         if _damaged.get(path) == identity:
             return
@@ -206,14 +337,6 @@ def _record_damaged(path: Path, damage: Exception) -> None:
         DamagedShardWarning,
         stacklevel=4,
     )
-
-
-def _identity(path: Path) -> tuple[int, int]:
-    try:
-        stat = path.stat()
-    except OSError:
-        return (-1, -1)
-    return (stat.st_size, stat.st_mtime_ns)
 
 
 class ShardBuffer:
