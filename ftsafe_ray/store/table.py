@@ -86,22 +86,7 @@ class ParquetTable:
             raise StoreError(
                 f"{self.directory}: rows do not match the table schema: {error}"
             ) from None
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
-        name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
-        temporary = self.directory / f".inprogress-{name}"
-        try:
-            pq.write_table(table, temporary)
-            temporary.chmod(FILE_MODE)  # owner-only before it takes its name: see private.py
-            replace_durably(temporary, self.directory / name)
-        except BaseException as error:
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
-            if isinstance(error, OSError):  # pyarrow's I/O errors are OSErrors too
-                raise write_error(self.directory, error) from None
-            raise
-        if self.on_write is not None:
-            self.on_write(self.directory / name)
-        return self.directory / name
+        return self._place(table, now)
 
     def write_table(self, table: pa.Table) -> Path | None:
         """Write an Arrow table as one new shard, as `write` writes rows: a hidden temporary file
@@ -132,6 +117,11 @@ class ParquetTable:
             raise StoreError(
                 f"{self.directory}: table does not match the table schema: {error}"
             ) from None
+        return self._place(shard, now)
+
+    def _place(self, shard: pa.Table, now: float) -> Path:
+        """Write `shard` to a hidden temporary file, then rename it into place (complete or
+        absent), and publish it; a failed write leaves nothing behind."""
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
         name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
         temporary = self.directory / f".inprogress-{name}"
