@@ -130,11 +130,12 @@ class LiveJudge:
                     self.base_dir,
                     self.pool,
                 )
-            except FtsafeError as error:
+            except Exception as error:  # whatever it is, the last pass judges it all again
                 # Nothing is lost: the judge stage after generation does it all again and
-                # reports the error there if it persists.
-                self.passes.error = str(error)
-                self.progress.log(f"judge: judging during generation stopped ({error})")
+                # reports the error there if it persists (actors lost to a Ctrl-C, say).
+                reason = str(error) if isinstance(error, FtsafeError) else type(error).__name__
+                self.passes.error = reason
+                self.progress.log(f"judge: judging during generation stopped ({reason})")
                 return
             self.passes.keyword_new += result.keyword_new
             self.passes.rubric_new += result.rubric_new

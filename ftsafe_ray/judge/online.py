@@ -251,3 +251,10 @@ def _confirm(check: Any, held: list[list[JudgeResult]], store: Store) -> None:
             store([r for r in results if r.status != "error"])
         cause = error.cause if isinstance(error.cause, JudgeError) else error
         raise JudgeError(f"judges.rubric: {cause}") from None
+    except ray.exceptions.RayActorError as error:
+        for results in held:
+            store([r for r in results if r.status != "error"])
+        raise JudgeError(
+            f"judges.rubric: the judge actor checking the endpoint died ({type(error).__name__}); "
+            "rerun to resume"
+        ) from None
