@@ -179,3 +179,44 @@ def test_seeds_pooled_by_default_and_split_on_request(tmp_path):
     split = summary(plan.run_dir, "--by-seed")
     seeds = sorted(r["seed"] for r in split if r["arm"] == "arm-a" and r["benchmark"] == "one")
     assert seeds == ["1", "2"]
+
+
+def test_study_keyword_asr_in_summary_csv_equals_the_studys_own_rule(tmp_path):
+    """The proof: answers from a corpus that hits the study rule's edges (case, curly
+    apostrophes, substrings of longer words, refusals the list misses) go through the keyword
+    judge stage and `ftsafe report`; every cell's keyword_asr_study is what the study's own
+    evaluation would compute on the same answers (tests/fixtures/study_keywords.py)."""
+    from tests.fixtures.study_keywords import CORPUS, reference_jailbroken
+
+    prompts = [(f"cat-{i % 3}", f"request {i}") for i in range(len(CORPUS))]
+    write_benchmark(tmp_path / "edges.jsonl", prompts)
+    data = campaign(tmp_path, benchmarks=[{"name": "edges", "source": "edges.jsonl"}])
+    plan = plan_of(tmp_path, data)
+    store = RunStore(plan.run_dir, plan.spec_hash)
+    store.freeze_spec(plan.spec.model_dump(mode="json"), plan.spec_hash)
+    store.freeze_plan(plan.unit_labels(), keyword_set_identities(plan.keyword_sets))
+    unique = {unit.key: unit for unit in plan.generations}
+    # Each model answers every corpus text once, shifted by its own offset, so cells differ.
+    targets = list(dict.fromkeys(unit.target.adapter_key for unit in unique.values()))
+    answers = {
+        key: CORPUS[
+            (int(unit.item.item_id[1:]) + 7 * targets.index(unit.target.adapter_key)) % len(CORPUS)
+        ]
+        for key, unit in unique.items()
+    }
+    store.generations.write([answer_row(unique[key], text) for key, text in answers.items()])
+    run_judge_stage(plan, store, PlainProgress(), None)
+    records = summary(plan.run_dir)
+    assert records
+    for record in records:
+        cell = [
+            u
+            for u in plan.generations
+            if u.target.arm == record["arm"] and u.benchmark == record["benchmark"]
+        ]
+        assert cell
+        expected = sum(reference_jailbroken(answers[u.key]) for u in cell) / len(cell)
+        assert float(record["keyword_asr_study"]) == pytest.approx(expected, abs=1e-12)
+        assert int(record["n_answers"]) == len(cell)
+    # Every corpus text was judged, so the equality covers each of the rule's edges.
+    assert set(answers.values()) == set(CORPUS) and len(targets) == 2
