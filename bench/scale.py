@@ -13,6 +13,9 @@ and benign answers, 60-2,000 characters). Then, as a user would meet them:
   plan_s                    build_plan from the campaign file (load_plan)
   keyword_judge_rows_per_s  the real keyword judge stage (rubric off) over every stored answer:
                             answers ÷ the stage's wall time (reading the answers included)
+  compact_s                 `ftsafe compact RUN_DIR` once the answers are stored, as `ftsafe
+                            run` compacts once generation ends (status_before_compaction_s:
+                            `ftsafe status` before it; compact_at_end_s: again after judging)
   status_s                  `ftsafe status RUN_DIR`, a subprocess
   report_s, report_peak_rss_mb  `ftsafe report RUN_DIR --no-files`, a subprocess (its own
                             peak RSS)
@@ -282,14 +285,26 @@ def measure(work: Path, prompts: int, overhead_units: int) -> dict[str, Any]:
     shards = len(list((plan.run_dir / "generations").glob("part-*.parquet")))
     print(f"stored in {write_s:.0f} s ({shards:,} shards)", flush=True)
 
+    cli = [sys.executable, "-m", "ftsafe_ray.cli"]
+    # As written by the generate stage (thousands of small shards): the figures without
+    # compaction, side by side with those after it below.
+    raw_status_s, _, _ = timed_command([*cli, "status", str(plan.run_dir)])
+    print(f"status before compaction: {raw_status_s:.1f} s", flush=True)
+    # What `ftsafe run` does once generation ends, before judging (store/compaction.py).
+    compact_s, compact_rss, output = timed_command([*cli, "compact", str(plan.run_dir)])
+    print(f"compact: {compact_s:.1f} s, {compact_rss:.0f} MB: {output.strip()}", flush=True)
+    compacted = len(list((plan.run_dir / "generations").glob("part-*.parquet")))
+
     started = time.perf_counter()
     judged = run_judge_stage(plan, store, PlainProgress(interval_s=60), None)
     keyword_s = time.perf_counter() - started
     assert judged.keyword_new == units, judged
     store.write_manifest(campaign=plan.spec.name, spec_hash=plan.spec_hash)
     print(f"keyword judge: {keyword_s:.1f} s", flush=True)
+    # What `ftsafe run` does at its end: the verdicts' shards merged too.
+    compact_end_s, _, output = timed_command([*cli, "compact", str(plan.run_dir)])
+    print(f"compact at the end: {compact_end_s:.1f} s: {output.strip()}", flush=True)
 
-    cli = [sys.executable, "-m", "ftsafe_ray.cli"]
     status_s, status_rss, _ = timed_command([*cli, "status", str(plan.run_dir)])
     print(f"status: {status_s:.1f} s", flush=True)
     report_s, report_rss, _ = timed_command([*cli, "report", str(plan.run_dir), "--no-files"])
@@ -307,6 +322,11 @@ def measure(work: Path, prompts: int, overhead_units: int) -> dict[str, Any]:
         "units": units,
         "prompts_per_target": prompts,
         "generation_shards": shards,
+        "generation_shards_compacted": compacted,
+        "status_before_compaction_s": round(raw_status_s, 2),
+        "compact_s": round(compact_s, 2),
+        "compact_peak_rss_mb": round(compact_rss),
+        "compact_at_end_s": round(compact_end_s, 2),
         "plan_s": round(plan_s, 2),
         "keyword_judge_rows_per_s": round(units / keyword_s),
         "keyword_judge_s": round(keyword_s, 1),

@@ -177,6 +177,22 @@ def _mappings(table: Any) -> Iterator[dict[str, Any]]:
         yield row
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    from ftsafe_ray.errors import StoreError
+    from ftsafe_ray.store.lock import RunLock
+    from ftsafe_ray.store.remote import is_remote
+    from ftsafe_ray.store.run_dir import open_run
+
+    if not is_remote(args.run_dir) and not Path(args.run_dir).is_dir():
+        raise StoreError(f"{args.run_dir}: no such run directory; give the output_dir of a run")
+    store = open_run(args.run_dir)
+    # The run's lock: never beside a driver of the same run, nor another compaction.
+    with RunLock(store.root, campaign="ftsafe compact"):
+        for result in store.compact():
+            print(result.line())
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     from ftsafe_ray import sql
 
@@ -226,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="counts of a campaign file or run directory")
     status.add_argument("target")
     status.set_defaults(handler=cmd_status)
+    compact = commands.add_parser(
+        "compact",
+        help="merge a run directory's small shards (also done at the end of every run)",
+    )
+    compact.add_argument("run_dir")
+    compact.set_defaults(handler=cmd_compact)
     sql = commands.add_parser(
         "sql", help="query a run directory with DuckDB (views: latest row per key, *_all)"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,9 +172,11 @@ def _run_locked(
                 plan, store, progress, upstream=finetuning, retry_failed=retry_failed
             )
             finetuned = finetuning.result()
+        compact_store(store, progress.log)  # the judges read every answer: few files, fast
         # Judge passes beside generation (judge/live.py) are built and tested but not wired
         # yet: a Ctrl-C landing during one is not yet proven to stop the run at once.
         judged = run_judge_stage(plan, store, progress, access, retry_failed, base_dir, judge_pool)
+        compact_store(store, progress.log)
     finally:
         if judge_pool is not None:
             judge_pool.close()
@@ -214,6 +217,20 @@ def _run_locked(
             f"{plan.run_dir / 'finetunes'} (rerun with --retry-failed after fixing)"
         )
     return outcome
+
+
+def compact_store(store: RunStore, log: Callable[[str], None]) -> None:
+    """Merge the run's small shards (store/compaction.py), saying what was merged. Compaction
+    is housekeeping: one that fails (a full disk) is logged and the run goes on, every row
+    still where it was."""
+    try:
+        results = store.compact()
+    except StoreError as error:
+        log(f"compaction skipped: {error}")
+        return
+    for result in results:
+        if result.rows_merged or result.leftovers_removed:
+            log(f"compacted {result.line()}")
 
 
 def needs_actors(plan: Plan, store: RunStore, rubric: bool, retry_failed: bool) -> bool:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from ftsafe_ray import __version__
 from ftsafe_ray.errors import StoreError
+from ftsafe_ray.store.compaction import CompactionResult, compact_table, merged_inputs
 from ftsafe_ray.store.durable import fsync_directory, replace_durably, write_error
 from ftsafe_ray.store.private import FILE_MODE, open_private, private_mkdir, restrict_tree
 from ftsafe_ray.store.remote import RemoteDir, is_remote, mirror_path
@@ -56,6 +57,10 @@ def open_remote_table(
         remote.publish(path, path.name)
 
     return ParquetTable(local, schema, provenance, on_write=publish)
+
+
+class _Vanished(Exception):
+    """An object listed a moment ago is gone from object storage (compacted away)."""
 
 
 class RunStore:
@@ -110,11 +115,28 @@ class RunStore:
 
     def sync_down(self) -> int:
         """Fill the local mirror from object storage: new shards, and every record (JSON, plan)
-        afresh; adapters and models stay remote (actors fetch them). Returns files copied."""
+        afresh; adapters and models stay remote (actors fetch them). Returns files copied.
+
+        A shard that a compaction elsewhere removed between the listing and its download is
+        looked for again in a fresh listing, which holds the merged shard that replaced it
+        (uploaded before its inputs were removed); shards the mirror holds that a fetched
+        merged shard replaces are removed here too."""
         if self.remote is None:
             return 0
         self.create()
-        copied = 0
+        copied = [0]
+        for attempt in range(8):
+            try:
+                self._sync_down_once(copied, tolerate=attempt < 7)
+                break
+            except _Vanished:
+                continue
+        return copied[0]
+
+    def _sync_down_once(self, copied: list[int], tolerate: bool) -> None:
+        """One pass of `sync_down`, counting files copied in `copied[0]`."""
+        assert self.remote is not None
+        merged: list[Path] = []
         for relative in self.remote.files():
             top = relative.split("/", 1)[0]
             if top in (ADAPTERS_DIR, ALIGNED_DIR, "report"):
@@ -122,9 +144,33 @@ class RunStore:
             local = self.root / relative
             if top in _SHARD_DIRS and local.exists():
                 continue  # shards never change once written
-            self.remote.fetch(relative, local)
-            copied += 1
-        return copied
+            try:
+                self.remote.fetch(relative, local)
+            except StoreError:
+                if tolerate and top in _SHARD_DIRS and not self.remote.exists(relative):
+                    raise _Vanished(relative) from None
+                raise
+            if top in _SHARD_DIRS and local.stem.endswith("-c"):
+                merged.append(local)
+            copied[0] += 1
+        for path in merged:
+            for name in merged_inputs(path):
+                (path.parent / name).unlink(missing_ok=True)
+
+    def compact(self, small_rows: int | None = None) -> list[CompactionResult]:
+        """Merge each table's small shards (store/compaction.py); on object storage the merged
+        shard is uploaded before its inputs are deleted there and here. The caller holds the
+        run's lock."""
+        results = []
+        for table in (self.finetunes, self.generations, self.judgments):
+            kwargs = {} if small_rows is None else {"small_rows": small_rows}
+            results.append(compact_table(table, remove=self._remove_shard, **kwargs))
+        return results
+
+    def _remove_shard(self, path: Path) -> None:
+        if self.remote is not None:
+            self.remote.delete(path.relative_to(self.root).as_posix())
+        path.unlink(missing_ok=True)
 
     def sync_up(self) -> int:
         """Publish every file of the mirror the store lacks (report files and records always;

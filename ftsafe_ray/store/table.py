@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,18 @@ FINETUNE_DONE_STATUSES = frozenset({"ok"})
 
 class DamagedShardWarning(UserWarning):
     """A shard of a table cannot be read and is skipped."""
+
+
+class ShardMoved(Exception):
+    """A shard listed a moment ago is gone: compaction (store/compaction.py) replaced it with a
+    shard that holds its rows, written before it was removed. The read starts again from a
+    fresh listing, which sees that shard instead: no row is ever missing."""
+
+
+_T = TypeVar("_T")
+
+# Fresh listings a read takes while compactions keep replacing shards, before it gives up.
+_READ_ATTEMPTS = 8
 
 
 # Shards found damaged in this process, by path, with the (size, mtime) they had then: later
@@ -189,14 +201,20 @@ class ParquetTable:
         import duckdb
 
         wanted = list(dict.fromkeys([*self._ranked_by, *columns]))
-        files = self._files()
-        try:
-            chunks = stream_shards(files, self.schema, wanted, chunk_rows) if files else iter(())
-            parts, ranking = self._mapped(chunks, transform)
-        except duckdb.Error:
-            # A damaged or unreadable shard: read one by one, which skips it with a warning
-            # (or stops at one it may not read).
-            parts, ranking = self._mapped(self._chunks(wanted, chunk_rows), transform)
+
+        def attempt() -> tuple[list[pa.Table], list[pa.Table]]:
+            files = self._files()
+            try:
+                chunks = (
+                    stream_shards(files, self.schema, wanted, chunk_rows) if files else iter(())
+                )
+                return self._mapped(chunks, transform)
+            except duckdb.Error:
+                # A damaged, unreadable or compacted-away shard: read one by one, which skips
+                # a damaged one with a warning (or stops at one it may not read).
+                return self._mapped(self._chunks(wanted, chunk_rows), transform)
+
+        parts, ranking = self._settled(attempt)
         if not parts:
             return transform(self.schema.empty_table().select(wanted))
         table = pa.concat_tables(parts)
@@ -232,6 +250,10 @@ class ParquetTable:
         if pending:
             yield pa.concat_tables(pending).combine_chunks()
 
+    def shard_files(self) -> list[Path]:
+        """The complete shards, in name order (damaged ones left out)."""
+        return self._files()
+
     def _files(self) -> list[Path]:
         """The complete shards, in name order, less those already known to be damaged."""
         files = sorted(self.directory.glob("part-*.parquet")) if self.directory.is_dir() else []
@@ -247,8 +269,29 @@ class ParquetTable:
     ) -> pa.Table:
         """Every stored row's `columns`, in shard order (damaged shards left out); the shards
         read and their file identities are added to `read_from`."""
-        shards = list(self._shards(columns, read_from))
+
+        def attempt() -> list[pa.Table]:
+            if read_from is not None:
+                read_from.clear()
+            return list(self._shards(columns, read_from))
+
+        shards = self._settled(attempt)
         return pa.concat_tables(shards) if shards else self.schema.empty_table().select(columns)
+
+    def _settled(self, read: Callable[[], _T]) -> _T:
+        """`read()`, taken again from a fresh listing while compaction moves shards under it."""
+        for _ in range(_READ_ATTEMPTS - 1):
+            try:
+                return read()
+            except ShardMoved:
+                continue
+        try:
+            return read()
+        except ShardMoved as moved:
+            raise StoreError(
+                f"{self.directory}: shards kept being replaced while read ({moved}); "
+                "rerun the command once compaction has finished"
+            ) from None
 
     def _shards(
         self, columns: list[str], read_from: list[tuple[Path, tuple[int, int]]] | None = None
@@ -272,6 +315,8 @@ class ParquetTable:
                         f"{path}: cannot read it ({denied.strerror or denied}); fix its permissions"
                     ) from None
                 except (pa.ArrowException, OSError) as damage:
+                    if not path.exists():  # listed, then compacted away: not damage
+                        raise ShardMoved(path.name) from None
                     _record_damaged(path, damage)
                     continue
                 if ranking:
