@@ -57,6 +57,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     store = open_run(plan.run_uri or plan.run_dir)
     trained = store.finetunes.done_keys({"ok"})
     failed = store.finetunes.done_keys({"error"})
+    submitted = store.finetunes.done_keys({"submitted"})  # an API job stored, not ended
     generated = store.answered_keys()
     table = Table(title=f"campaign {plan.spec.name} → {plan.run_dir}")
     for column in ("model", "arm", "dataset", "size", "seed", "key", "fine-tune", "generations"):
@@ -69,6 +70,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             state = "done"
         else:
             state = "failed" if target.adapter_key in failed else "to do"
+            state = "API job running" if target.adapter_key in submitted else state
         done = sum(u.key in generated for u in units)
         table.add_row(
             target.model,
@@ -96,6 +98,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     estimate = estimate_rubric_cost(plan, store, Path(args.campaign).resolve().parent)
     if estimate is not None:
         console.print(describe_estimate(plan.spec.judges, estimate))
+    from ftsafe_ray.api_cost import describe_api_cost, estimate_api_costs
+
+    for api_estimate in estimate_api_costs(plan, store):
+        console.print(describe_api_cost(api_estimate, plan.model_spec(api_estimate.model).path))
     return 0
 
 
@@ -143,6 +149,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         from ftsafe_ray.judge.cost import describe_judgments
 
         for line in describe_judgments(_mappings(verdicts)):
+            print(f"  {line}")
+        from ftsafe_ray.api_cost import describe_api_spend
+
+        for line in describe_api_spend(store):
             print(f"  {line}")
         if manifest:
             print(f"  last run: {manifest.get('last_run_seconds')}s, {manifest.get('updated_at')}")

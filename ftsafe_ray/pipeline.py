@@ -139,6 +139,7 @@ def _run_locked(
     console: Any,
     environ: dict[str, str] | None,
 ) -> CampaignOutcome:
+    from ftsafe_ray.finetune.api_stage import stop_api_finetunes
     from ftsafe_ray.finetune.stage import run_align_stage, run_finetune_stage
     from ftsafe_ray.generate.stage import run_generate_stage
     from ftsafe_ray.judge.identity import keyword_set_identities
@@ -168,9 +169,13 @@ def _run_locked(
         # Fine-tunes train in a thread while generation picks up each adapter as it lands.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fine-tune") as pool:
             finetuning = pool.submit(run_finetune_stage, plan, store, progress, retry_failed)
-            generated = run_generate_stage(
-                plan, store, progress, upstream=finetuning, retry_failed=retry_failed
-            )
+            try:
+                generated = run_generate_stage(
+                    plan, store, progress, upstream=finetuning, retry_failed=retry_failed
+                )
+            except BaseException:
+                stop_api_finetunes()  # their jobs run on at the provider; a rerun re-attaches
+                raise
             finetuned = finetuning.result()
         compact_store(store, progress.log)  # the judges read every answer: few files, fast
         # Judge passes beside generation (judge/live.py) are built and tested but not wired
@@ -288,6 +293,7 @@ def report_run(
     """
     from ftsafe_ray.progress import report_console
     from ftsafe_ray.report.files import write_summary_files
+    from ftsafe_ray.report.finetune_errors import finetune_errors, render_finetune_errors
     from ftsafe_ray.report.judge_health import render_judge_tables, write_judge_files
     from ftsafe_ray.report.metrics import BY_CATEGORY, DEFAULT_BY, summarize
     from ftsafe_ray.report.plots import write_plots
@@ -315,6 +321,8 @@ def report_run(
         console.print("All stored answers, under the labels they were stored with.")
     render_tables(main, by_category, console)
     render_judge_tables(rows, console, names)
+    keys = None if all_history else set(units.column("adapter_key").to_pylist())
+    render_finetune_errors(finetune_errors(store, keys), console)
     if not write_files:
         return []
     out_dir = run_dir / "report"

@@ -59,6 +59,8 @@ def model_identity(model: BaseModelSpec, align_key: str | None = None) -> dict[s
     identity = {"path": model.path, "revision": model.revision, "dtype": model.dtype}
     if align_key is not None:
         identity["align"] = align_key
+    if model.provider == "openai":  # the same model id at another endpoint is another model
+        identity.update(provider="openai", endpoint=model.endpoint().host())
     return identity
 
 
@@ -247,7 +249,7 @@ def _with_local_model_paths(
     """
     models = []
     for i, model in enumerate(spec.models):
-        local = local_model_path(model.path, base_dir)
+        local = None if model.provider == "openai" else local_model_path(model.path, base_dir)
         if local is None:
             models.append(model)
             continue
@@ -363,14 +365,17 @@ def _finetune_unit(
         )
         for i, example in enumerate(chosen + mixed)
     )
+    lora, train = arm.lora.model_dump(mode="json"), arm.train.model_dump(mode="json")
+    if identity.get("provider") == "openai":  # only what the fine-tuning API is sent
+        lora, train = {}, {"n_epochs": arm.train.epochs, **arm.api.model_dump(mode="json")}
     key = keys.finetune_key(
         model=identity,
         dataset_hash=keys.content_key("examples", {"examples": [list(e) for e in examples]}),
         size=len(chosen),
         mix=[m.model_dump() for m in arm.mix],
         system_prompt=arm.system_prompt,
-        lora=arm.lora.model_dump(mode="json"),
-        train=arm.train.model_dump(mode="json"),
+        lora=lora,
+        train=train,
         seed=seed,
     )
     return FinetuneUnit(

@@ -2,6 +2,7 @@
 
 from tests.fixtures.judge_server import judge_server  # noqa: F401
 from tests.fixtures.models import tiny_model_dir  # noqa: F401
+from tests.fixtures.openai_ft_server import ft_server  # noqa: F401
 from tests.fixtures.ray_cluster import ray_local  # noqa: F401
 from tests.fixtures.reliability import (  # noqa: F401
     pytest_addoption,

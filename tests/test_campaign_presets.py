@@ -155,3 +155,21 @@ def test_the_mitigation_preset_mixes_safety_data_and_evaluates_its_backdoor_trig
     assert conditions == {("hexphi", "plain"), ("hexphi", "triggered"), ("advbench", "plain")}
     triggered = [u for u in plan.generations if u.condition == "triggered"]
     assert all(u.messages[-1]["content"] == f"{u.item.prompt} {trigger}" for u in triggered)
+
+
+def test_the_gpt35_preset_is_the_studys_api_grid(tmp_path: Path) -> None:
+    plan = preset_plan(tmp_path, "paper_gpt35.yaml")
+    [model] = plan.spec.models
+    assert model.provider == "openai" and model.path == "gpt-3.5-turbo-0613"
+    epochs = {(u.arm, u.size): u.train.epochs for u in plan.finetunes}
+    assert epochs == {
+        ("harmful", 10): 5,
+        ("harmful", 50): 5,
+        ("harmful", 100): 5,
+        ("identity_shift", 10): 10,
+        ("alpaca", 3): 1,
+        ("dolly", 3): 1,
+    }
+    assert {u.seed for u in plan.finetunes} == {42}
+    assert plan.spec.sampling.temperature == 0.0
+    assert {u.benchmark for u in plan.generations} == {"hexphi", "advbench"}

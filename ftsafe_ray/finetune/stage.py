@@ -112,8 +112,16 @@ def run_finetune_stage(
     pending, skipped = pending_finetunes(plan, store, retry_failed)
     progress.start(STAGE, total=len(pending) + skipped, done=skipped)
     rows: list[dict[str, Any]] = []
-    for model_name in dict.fromkeys(unit.model for unit in pending):
-        units = [unit for unit in pending if unit.model == model_name]
+    # API models train at their provider, from a thread of this process beside local training:
+    # no actor, no GPU.
+    from ftsafe_ray.finetune.api_stage import api_units, start_api_finetunes
+
+    remote = api_units(plan, pending)
+    api_run = start_api_finetunes(plan, store, progress, remote, STAGE)
+    remote_keys = {unit.key for unit in remote}
+    local = [unit for unit in pending if unit.key not in remote_keys]
+    for model_name in dict.fromkeys(unit.model for unit in local):
+        units = [unit for unit in local if unit.model == model_name]
         rows += _train_on_actors(
             plan,
             store,
@@ -125,6 +133,8 @@ def run_finetune_stage(
             STAGE,
             num_actors=plan.spec.finetune_resources.num_actors,
         )
+    if api_run is not None:
+        rows += api_run.result()
     progress.finish(STAGE)
     failed = sum(row["status"] != "ok" for row in rows)
     return FinetuneStageResult(trained=len(rows) - failed, failed=failed, skipped=skipped)

@@ -152,6 +152,8 @@ def _generate_round(
     there are none yet, or one died); return the rows written."""
     import ray
 
+    from ftsafe_ray.generate.api_generate import generate_api, is_api_model
+
     settings = plan.spec.generation
     generated = 0
     models = list(dict.fromkeys(unit.target.model for unit in pending))
@@ -159,6 +161,9 @@ def _generate_round(
     with ShardBuffer(store.generations) as buffer:
         for model_name in models:
             units = [unit for unit in pending if unit.target.model == model_name]
+            if is_api_model(plan, model_name):  # answered through its API, no actor
+                generated += generate_api(plan, store, progress, units, buffer, STAGE)
+                continue
             # Group by adapter so a batch rarely mixes adapters (fewer adapter switches), and
             # never mix sampling seeds: a batch is generated under one seed.
             units.sort(key=lambda u: (_sampling_seed(u, plan), u.target.adapter_key, u.key))

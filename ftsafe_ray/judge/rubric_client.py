@@ -271,10 +271,13 @@ class RubricJudgeClient:
         max_tokens: int,
         max_retries: int,
         retry_429: bool = True,
+        model: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> tuple[Any, _Failure | None, int]:
         """Call the endpoint with retries; return (completion or None, last failure, attempts).
 
         Without `retry_429`, a 429 ends the call at once (the pool still slows down for it).
+        `model` and `params` (sampling settings) replace the judge's model and temperature 0.
         """
         attempts = 0
         while True:
@@ -285,10 +288,10 @@ class RubricJudgeClient:
                 sent_at = self._clock()
                 try:
                     raw = await self._client.chat.completions.with_raw_response.create(
-                        model=self.spec.model,
+                        model=model or self.spec.model,
                         messages=messages,  # type: ignore[arg-type]
-                        temperature=0,
                         max_tokens=max_tokens,
+                        **({"temperature": 0} if params is None else params),
                     )
                     completion = raw.parse()
                 except Exception as error:  # every failure becomes a row, see _classify
@@ -328,6 +331,24 @@ class RubricJudgeClient:
         pause = header_pause(hint, sent_at, self._clock(), superseded)
         if pause is not None:
             self._limiter.slow_down(pause)
+
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        *,
+        model: str,
+        params: Mapping[str, Any],
+    ) -> tuple[Any, str | None, int]:
+        """One chat completion of `model` through the limiter and retries, for callers other
+        than the judge (API generation): (completion or None, why it failed, attempts)."""
+        try:
+            completion, failure, attempts = await self._complete(
+                messages, max_tokens, self.spec.max_retries, model=model, params=params
+            )
+        except Exception as error:  # as in judge(): the caller's row must come back
+            return None, _one_line(repr(error), self._api_key), 0
+        return completion, None if failure is None else failure.message, attempts
 
     async def judge(self, request: JudgeRequest) -> JudgeResult:
         """Rate one pair; every request ends in exactly one result, errors included."""

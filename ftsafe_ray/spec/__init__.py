@@ -13,6 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ftsafe_ray.errors import SpecError
+from ftsafe_ray.spec.api import ApiEndpointSpec, ApiHyperparameters, api_problems
 from ftsafe_ray.spec.common import NAME_PATTERN, Strict
 from ftsafe_ray.spec.evaluation import (
     BenchmarkSpec,
@@ -44,6 +45,8 @@ __all__ = [
     "NAME_PATTERN",
     "AlignMixSpec",
     "AlignSpec",
+    "ApiEndpointSpec",
+    "ApiHyperparameters",
     "BaseModelSpec",
     "BenchmarkSpec",
     "CampaignSpec",
@@ -133,6 +136,7 @@ class CampaignSpec(Strict):
                         f"allowed: {sorted(dataset_names) or 'add one under datasets'}"
                     )
         problems += self._condition_problems()
+        problems += api_problems(self.models, self.finetunes, self.judges.prices)
         if self.finetunes and "base" in {f.name for f in self.finetunes}:
             problems.append("finetunes: the name 'base' is reserved for the un-tuned model")
         if not self.include_base and not self.finetunes:

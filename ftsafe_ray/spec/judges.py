@@ -140,6 +140,12 @@ class JudgePrice(Strict):
     batch_discount: float = Field(
         0.5, ge=0, le=1, description="Share of the price the Batch API charges (OpenAI: 0.5)."
     )
+    training_per_million: float | None = Field(
+        None,
+        ge=0,
+        description="$ per 1M trained tokens (tokens x epochs), for API fine-tuning; the "
+        "entry's key is the base model's id (models[].path).",
+    )
 
 
 class JudgesSpec(Strict):

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from ftsafe_ray.spec.api import ApiEndpointSpec, ApiHyperparameters
 from ftsafe_ray.spec.common import NAME_PATTERN, Size, Strict
 
 
@@ -76,6 +77,18 @@ class BaseModelSpec(Strict):
     align: AlignSpec | None = Field(
         None, description="Optional alignment step; its merged model becomes the base."
     )
+    provider: Literal["local", "openai"] = Field(
+        "local",
+        description="'openai': `path` is a model id at an OpenAI-compatible API, fine-tuned "
+        "through its fine-tuning API and evaluated through chat completions (see `api`).",
+    )
+    api: ApiEndpointSpec | None = Field(
+        None, description="provider openai: the endpoint, its limits and budget."
+    )
+
+    def endpoint(self) -> ApiEndpointSpec:
+        """The API endpoint of a provider-openai model (OpenAI's when `api` is not given)."""
+        return self.api or ApiEndpointSpec()
 
 
 class DatasetSpec(Strict):
@@ -129,6 +142,11 @@ class FinetuneSpec(Strict):
     )
     lora: LoraSpec = LoraSpec()
     train: TrainSpec = TrainSpec()
+    api: ApiHyperparameters = Field(
+        ApiHyperparameters(),
+        description="For models with provider openai: batch_size and learning_rate_multiplier "
+        "(train.epochs is n_epochs).",
+    )
 
 
 class FinetuneResources(Strict):

@@ -6,8 +6,9 @@ import pyarrow as pa
 
 # 2: judgments gained prompt_tokens, completion_tokens, cost_usd and the StrongREJECT
 # sub-scores. 3: generations gained status and error, generations and finetunes the node. Older
-# shards still read: missing columns come back as nulls.
-SCHEMA_VERSION = "3"
+# shards still read: missing columns come back as nulls. 4: finetunes gained job_id,
+# provider_model and cost_usd, generations cost_usd (API fine-tuning and generation).
+SCHEMA_VERSION = "4"
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -31,6 +32,11 @@ FINETUNES = pa.schema(
         pa.field("settings_json", pa.string()),
         pa.field("node", pa.string()),  # the Ray node id of the actor that trained it
         pa.field("created_at", _TS),
+        # API fine-tunes: the provider's job id (stored as soon as the job exists), the model
+        # id it produced, and what it cost.
+        pa.field("job_id", pa.string()),
+        pa.field("provider_model", pa.string()),
+        pa.field("cost_usd", pa.float64()),
     ]
 )
 
@@ -60,6 +66,7 @@ GENERATIONS = pa.schema(
         pa.field("error", pa.string()),
         pa.field("node", pa.string()),  # the Ray node id of the generator that answered
         pa.field("created_at", _TS),
+        pa.field("cost_usd", pa.float64()),  # API generation: what the answer cost
     ]
 )
 
