@@ -143,6 +143,7 @@ def _run_locked(
     from ftsafe_ray.finetune.stage import run_align_stage, run_finetune_stage
     from ftsafe_ray.generate.stage import run_generate_stage
     from ftsafe_ray.judge.identity import keyword_set_identities
+    from ftsafe_ray.judge.live import LiveJudge, PassProgress, combine
     from ftsafe_ray.judge.stage import rubric_access, run_judge_stage, start_judge_pool
 
     access = rubric_access(plan.spec.judges.rubric, environ)
@@ -166,21 +167,28 @@ def _run_locked(
     base_dir = Path(campaign_path).resolve().parent
     try:
         aligned = run_align_stage(plan, store, progress)
-        # Fine-tunes train in a thread while generation picks up each adapter as it lands.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fine-tune") as pool:
-            finetuning = pool.submit(run_finetune_stage, plan, store, progress, retry_failed)
-            try:
-                generated = run_generate_stage(
-                    plan, store, progress, upstream=finetuning, retry_failed=retry_failed
-                )
-            except BaseException:
-                stop_api_finetunes()  # their jobs run on at the provider; a rerun re-attaches
-                raise
-            finetuned = finetuning.result()
-        compact_store(store, progress.log)  # the judges read every answer: few files, fast
-        # Judge passes beside generation (judge/live.py) are built and tested but not wired
-        # yet: a Ctrl-C landing during one is not yet proven to stop the run at once.
-        judged = run_judge_stage(plan, store, progress, access, retry_failed, base_dir, judge_pool)
+        # Judges take answers as they are stored, in passes beside generation (judge/live.py).
+        passes = PassProgress(progress)
+        live = LiveJudge(plan, store, passes, access, judge_pool, retry_failed, base_dir)
+        live.start()
+        try:
+            # Fine-tunes train in a thread while generation picks up each adapter as it lands.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fine-tune") as pool:
+                finetuning = pool.submit(run_finetune_stage, plan, store, progress, retry_failed)
+                try:
+                    generated = run_generate_stage(
+                        plan, store, progress, upstream=finetuning, retry_failed=retry_failed
+                    )
+                except BaseException:
+                    stop_api_finetunes()  # their jobs run on at the provider; reruns re-attach
+                    raise
+                finetuned = finetuning.result()
+        finally:
+            during = live.stop()
+        compact_store(store, progress.log)  # the last pass reads every answer: few files, fast
+        passes.final = True  # what is left, after generation: this pass finishes the stages
+        final = run_judge_stage(plan, store, passes, access, retry_failed, base_dir, judge_pool)
+        judged = combine(during, final)
         compact_store(store, progress.log)
     finally:
         if judge_pool is not None:

@@ -187,7 +187,9 @@ class Driver:
         return alive
 
     def time_of(self, prefix: str) -> float:
-        return next(t for t, text in self.lines if text.startswith(prefix))
+        found = [t for t, text in self.lines if text.startswith(prefix)]
+        assert found, f"no line starting {prefix!r} in the run's output:\n{self.output()}"
+        return found[0]
 
     def output(self) -> str:
         return "\n".join(text for _, text in self.lines)
@@ -431,6 +433,21 @@ def write_judged_campaign(directory: Path, model_dir: Path, judge_url: str, n: i
     return path
 
 
+def live_report(run_dir: Path) -> dict[str, str]:
+    """The report of a run still going, as `ftsafe report RUN_DIR` writes it: its one row."""
+    import csv
+    import io
+
+    from rich.console import Console
+
+    from ftsafe_ray.pipeline import report_run
+
+    report_run(run_dir, console=Console(file=io.StringIO()))
+    with (run_dir / "report" / "summary.csv").open(newline="") as handle:
+        [row] = list(csv.DictReader(handle))
+    return row
+
+
 def wait_for_paid_verdicts(run_dir: Path, driver: Driver, timeout_s: float = RUN_TIMEOUT_S):
     """Poll the judgments table until a paid rubric verdict is stored; False if the run
     ended first."""
@@ -457,13 +474,18 @@ def test_a_driver_stopped_after_paid_verdicts_never_pays_for_them_again(
     stop, tmp_path, tiny_model_dir
 ):
     server = JudgeServer().start()
-    server.set_latency(0.2, 0.4, seed=7)
+    server.set_latency(0.3, 0.5, seed=7)
     try:
         campaign = write_judged_campaign(tmp_path, tiny_model_dir, server.base_url)
         run_dir = tmp_path / "run"
         driver = Driver.start(campaign, tmp_path / "stopped.log")
         assert driver.wait_for_line("[rubric] start"), driver.output()
         assert wait_for_paid_verdicts(run_dir, driver), "the judge stage ended before a flush"
+        if stop == "SIGKILL":
+            # `ftsafe report` on the live run: the plan's 40 units, what is judged so far.
+            live = live_report(run_dir)
+            assert (live["n"], live["n_answers"]) == ("40", "40"), live
+            assert 0 < int(live["n_ok"]) < 40 and int(live["n_unjudged"]) > 0, live
         time.sleep(random.Random(stop).uniform(0.0, 0.3))
         if stop == "SIGKILL":
             assert driver.kill(), "the run ended before the kill"
