@@ -127,6 +127,9 @@ class _Generators:
         self.model, self.actors = model_name, actors
 
     def close(self) -> None:
+        if not self.actors:
+            self.model = None
+            return  # nothing to end: importing Ray alone takes seconds (a rerun with no work)
         import ray
 
         for actor in self.actors:

@@ -90,9 +90,14 @@ class LiveJudge:
         self.interval_s = interval_s
         self.passes = _Passes()
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="live-judge", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> LiveJudge:
+        # Answers stored before this run are the last pass's: a pass starts only once this
+        # run's generation has stored something (a rerun with nothing to generate makes none).
+        self._thread = threading.Thread(
+            target=self._run, args=(self._shards(),), name="live-judge", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -102,7 +107,8 @@ class LiveJudge:
         self._stopping.set()
         if self.pool is not None:
             self.pool.stopping.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if self.pool is not None:
             self.pool.stopping.clear()
         return JudgeStageResult(
@@ -113,8 +119,7 @@ class LiveJudge:
         directory = self.store.generations.directory
         return sum(1 for _ in directory.glob("part-*.parquet")) if directory.is_dir() else 0
 
-    def _run(self) -> None:
-        judged_shards = 0
+    def _run(self, judged_shards: int) -> None:
         while not self._stopping.wait(self.interval_s):
             shards = self._shards()
             if shards == judged_shards:
