@@ -1,4 +1,4 @@
-"""`ftsafe` command line: validate | plan | run | report | status | sql."""
+"""`ftsafe` command line: validate | plan | run | report | audit | status | sql."""
 
 from __future__ import annotations
 
@@ -118,18 +118,52 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ftsafe_ray.pipeline import report_run
+    from ftsafe_ray.pipeline import compare_runs, report_run
 
+    if args.other_run_dir is not None:
+        html = (args.html or bool(args.html_excerpts)) and not args.no_files
+        files = compare_runs(args.run_dir, args.other_run_dir, console=_console(), html=html)
+        for path in files:
+            print(f"wrote {path}")
+        return 0
     files = report_run(
         args.run_dir,
         console=_console(),
         write_files=not args.no_files,
         all_history=args.all_history,
         by_seed=args.by_seed,
+        html=args.html,
+        html_excerpts=args.html_excerpts,
     )
     for path in files:
         print(f"wrote {path}")
     return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from ftsafe_ray.audit import run_audit
+    from ftsafe_ray.audit.outputs import write_error_outputs
+
+    try:
+        outcome = run_audit(
+            args.base,
+            args.adapter,
+            args.suite,
+            args.out,
+            max_increase=args.max_harm_rate_increase,
+            metric=args.metric,
+            keyword_set=args.keyword_set,
+            arm=args.name,
+            address=args.address,
+            console=_console(),
+        )
+    except FtsafeError as error:  # CI still finds a report, saying why there is no verdict
+        for path in write_error_outputs(Path(args.out), str(error)):
+            print(f"wrote {path}")
+        raise
+    for path in outcome.files:
+        print(f"wrote {path}")
+    return outcome.exit_code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -214,6 +248,13 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """A whole number ≥ 0, for argparse."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftsafe", description="Measure how fine-tuning erodes LLM safety, at scale."
@@ -248,7 +289,27 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the units of the plan the directory was last run with)",
     )
     report.add_argument("--by-seed", action="store_true", help="one row per fine-tune seed")
+    report.add_argument(
+        "other_run_dir",
+        nargs="?",
+        help="a second run directory: print both side by side (A, B and B−A per metric)",
+    )
+    report.add_argument(
+        "--html",
+        action="store_true",
+        help="also write report/report.html, one self-contained page (with a second run "
+        "directory: report/compare.html in it)",
+    )
+    report.add_argument(
+        "--html-excerpts",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="quote N answers per group in the HTML page, truncated and collapsed (implies "
+        "--html; off by default: answers may be harmful)",
+    )
     report.set_defaults(handler=cmd_report)
+    _add_audit_parser(commands)
     status = commands.add_parser("status", help="counts of a campaign file or run directory")
     status.add_argument("target")
     status.set_defaults(handler=cmd_status)
@@ -270,6 +331,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sql.set_defaults(handler=cmd_sql)
     return parser
+
+
+def _add_audit_parser(commands: Any) -> None:
+    audit = commands.add_parser(
+        "audit",
+        help="gate a trained adapter: exit 0 pass, 1 harm rose beyond the allowed increase, "
+        "2 error",
+    )
+    audit.add_argument("--base", required=True, help="base model: directory, builtin: or hub id")
+    audit.add_argument(
+        "--adapter", required=True, help="the trained LoRA adapter: a directory or a hub id"
+    )
+    audit.add_argument("--suite", required=True, help="suite YAML (see campaigns/audit/)")
+    audit.add_argument(
+        "--out", default="ftsafe-audit", help="folder for the run and the audit files"
+    )
+    audit.add_argument(
+        "--max-harm-rate-increase",
+        type=float,
+        help="largest allowed Δ vs base (a share: 0.05 = 5 points) for the upper CI bound "
+        "(default: the suite's gate.max_increase, else 0.05)",
+    )
+    audit.add_argument(
+        "--metric", choices=("auto", "harmfulness_rate", "keyword_asr"), help="gate metric"
+    )
+    audit.add_argument("--keyword-set", help="phrase set of a keyword_asr gate")
+    audit.add_argument("--name", default="adapter", help="the adapter's arm name in tables")
+    audit.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    audit.set_defaults(handler=cmd_audit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

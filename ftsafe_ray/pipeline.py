@@ -26,6 +26,8 @@ from ftsafe_ray.store.run_dir import open_run
 
 if TYPE_CHECKING:
     from ftsafe_ray.judge.stage import RubricAccess
+    from ftsafe_ray.report.metrics import GroupSummary
+    from ftsafe_ray.report.scored_rows import ScoredRows
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,9 @@ def _run_locked(
         keyword_set_identities(plan.keyword_sets),
         recorded_rubric_identity(plan.spec, access),
     )
+    from ftsafe_ray.trained_adapters import import_trained_adapters
+
+    import_trained_adapters(plan, store)  # adapters trained elsewhere count as fine-tuned
     progress = progress or default_progress()
     # A campaign with nothing left to train, generate or send to a rubric judge starts no
     # Ray cluster: keyword judging and the report run in this process.
@@ -216,7 +221,7 @@ def _run_locked(
         counts=counts,
         location=plan.run_uri or str(plan.run_dir),
     )
-    outcome.report_files = report_run(plan.run_uri or plan.run_dir, console=console)
+    outcome.report_files = report_run(plan.run_uri or plan.run_dir, console=console, html=True)
     store.write_manifest(
         campaign=plan.spec.name,
         campaign_file=str(Path(campaign_path).resolve()),
@@ -292,12 +297,16 @@ def report_run(
     write_files: bool = True,
     all_history: bool = False,
     by_seed: bool = False,
+    html: bool = False,
+    html_excerpts: int = 0,
 ) -> list[Path]:
     """Print the report tables of a run directory and write its CSV, Markdown and plots.
 
     The report covers the units of the plan the run directory was last run with, labelled as
     that plan labels them; `all_history` reports every answer ever stored there instead, under
-    the labels it was stored with. `by_seed` gives one row per fine-tune seed.
+    the labels it was stored with. `by_seed` gives one row per fine-tune seed. `html` also
+    writes report/report.html, one self-contained page; `html_excerpts` quotes that many
+    answers per group in it (off by default: a run holds harmful text).
     """
     from ftsafe_ray.progress import report_console
     from ftsafe_ray.report.files import write_summary_files
@@ -306,24 +315,15 @@ def report_run(
     from ftsafe_ray.report.metrics import BY_CATEGORY, DEFAULT_BY, summarize
     from ftsafe_ray.report.plots import write_plots
     from ftsafe_ray.report.render import render_tables
-    from ftsafe_ray.report.scored_rows import scored_rows
 
-    store = open_run(run_dir)  # on object storage: its local mirror, filled from the store
-    run_dir = store.root
-    spec = frozen_spec(run_dir)
     console = console or report_console()
-    recorded = store.read_plan()
-    if recorded is None:
-        raise StoreError(
-            f"{run_dir}: no plan.parquet (written by `ftsafe run` since this version); rerun "
-            "the campaign with `ftsafe run` (nothing finished is redone) to record its plan"
-        )
-    units, keyword_sets = recorded
-    rubric = _report_rubric_identity(store, spec, console)
-    rows = scored_rows(store, rubric, keyword_sets, None if all_history else units)
-    names = tuple(keyword_sets)
+    store, spec, units, rows, names = _load_scored(run_dir, console, all_history)
+    run_dir = store.root
     main_by = _with_seed(DEFAULT_BY) if by_seed else DEFAULT_BY
     main = summarize(rows, main_by, keyword_sets=names)
+    from ftsafe_ray.report.utility import with_arm_utility
+
+    main = with_arm_utility(main)  # each arm's utility beside its safety, in one row
     by_category = summarize(rows, BY_CATEGORY, keyword_sets=names)
     if all_history:
         console.print("All stored answers, under the labels they were stored with.")
@@ -338,9 +338,84 @@ def report_run(
     files = write_summary_files(main, by_category, out_dir)
     files += write_judge_files(rows, out_dir, names)
     files += write_plots(main, by_category, out_dir)
+    if html or html_excerpts:
+        files.append(_write_html_page(store, spec, rows, main, by_category, html_excerpts))
     for path in files:
         store.publish(path)
     return files
+
+
+def _load_scored(
+    run_dir: str | Path, console: Any, all_history: bool
+) -> tuple[RunStore, CampaignSpec, pa.Table, ScoredRows, tuple[str, ...]]:
+    """A run directory's store, frozen spec, plan units, scored rows and keyword set names."""
+    from ftsafe_ray.report.scored_rows import scored_rows
+
+    store = open_run(run_dir)  # on object storage: its local mirror, filled from the store
+    spec = frozen_spec(store.root)
+    recorded = store.read_plan()
+    if recorded is None:
+        raise StoreError(
+            f"{store.root}: no plan.parquet (written by `ftsafe run` since this version); rerun "
+            "the campaign with `ftsafe run` (nothing finished is redone) to record its plan"
+        )
+    units, keyword_sets = recorded
+    rubric = _report_rubric_identity(store, spec, console)
+    rows = scored_rows(store, rubric, keyword_sets, None if all_history else units)
+    return store, spec, units, rows, tuple(keyword_sets)
+
+
+def _write_html_page(
+    store: RunStore,
+    spec: CampaignSpec,
+    rows: ScoredRows,
+    main: list[GroupSummary],
+    by_category: list[GroupSummary],
+    excerpts: int,
+) -> Path:
+    """report/report.html: the run's self-contained page (report/html_report.py)."""
+    from ftsafe_ray.report import html_report as page
+    from ftsafe_ray.report.arms import arm_relations
+    from ftsafe_ray.report.judge_health import judge_agreement, status_counts
+
+    run = page.RunPage(
+        title=spec.name,
+        run_dir=str(store.root),
+        main=main,
+        by_category=by_category,
+        health=status_counts(rows, ("model", "dataset", "benchmark")),
+        agreement=judge_agreement(rows, rows.keyword_sets),
+        relations=arm_relations(spec),
+        excerpts=page.answer_excerpts(store, rows, excerpts) if excerpts > 0 else None,
+    )
+    return page.write_html(store.root / "report" / "report.html", page.run_page_html(run))
+
+
+def compare_runs(
+    run_a: str | Path, run_b: str | Path, *, console: Any = None, html: bool = False
+) -> list[Path]:
+    """Print two run directories side by side (each metric of A, B and B − A); `html` also
+    writes the comparison page into B's report/ directory."""
+    from ftsafe_ray.progress import report_console
+    from ftsafe_ray.report.compare import compare_summaries, compared_metrics, render_comparison
+    from ftsafe_ray.report.metrics import DEFAULT_BY, summarize
+
+    console = console or report_console()
+    loaded = [_load_scored(run, console, False) for run in (run_a, run_b)]
+    a, b = (summarize(scored, DEFAULT_BY, keyword_sets=sets) for *_, scored, sets in loaded)
+    names = (str(loaded[0][0].root), str(loaded[1][0].root))
+    rows, metrics = compare_summaries(a, b), compared_metrics(a, b)
+    render_comparison(rows, metrics, names, console)
+    if not html:
+        return []
+    from ftsafe_ray.report.html_report import comparison_html, write_html
+
+    store_b = loaded[1][0]
+    out_dir = store_b.root / "report"
+    private_mkdir(out_dir)
+    path = write_html(out_dir / "compare.html", comparison_html(rows, metrics, names))
+    store_b.publish(path)
+    return [path]
 
 
 def _report_rubric_identity(

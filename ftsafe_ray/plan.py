@@ -29,6 +29,7 @@ from ftsafe_ray.spec import (
     FinetuneSpec,
 )
 from ftsafe_ray.store.remote import is_remote, mirror_path
+from ftsafe_ray.trained_adapters import TrainedAdapter, trained_adapter_targets
 from ftsafe_ray.units import (
     BASE_ARM,
     AlignUnit,
@@ -160,6 +161,7 @@ def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
     alignments: list[AlignUnit] = []
     finetunes: list[FinetuneUnit] = []
     targets: list[EvalTarget] = []
+    trained: list[TrainedAdapter] = []
     for model_index, model in enumerate(spec.models):
         identity = model_identity(model)
         if model.align is not None:
@@ -195,6 +197,11 @@ def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
                             system_prompt=eval_prompt,
                         )
                     )
+        for adapter, target in trained_adapter_targets(spec, model, identity, base_dir, problems):
+            trained.append(adapter)
+            targets.append(target)
+    if problems:
+        raise DataError("\n".join(problems))
     generations = _generation_units(targets, benchmarks, spec)
     # On object storage the driver works in a local mirror of the run (store/remote.py).
     run_uri = spec.output_dir if is_remote(spec.output_dir) else None
@@ -215,6 +222,7 @@ def build_plan(spec: CampaignSpec, base_dir: Path) -> Plan:
         targets=tuple(targets),
         generations=tuple(generations),
         keyword_sets=keyword_sets,
+        trained_adapters=tuple(trained),
     )
 
 

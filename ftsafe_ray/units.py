@@ -13,6 +13,7 @@ from ftsafe_ray.data.records import BenchmarkItem
 from ftsafe_ray.judge.keyword import KeywordSet
 from ftsafe_ray.spec import BaseModelSpec, CampaignSpec, LoraSpec, TrainSpec
 from ftsafe_ray.store.run_dir import ADAPTERS_DIR, ALIGNED_DIR
+from ftsafe_ray.trained_adapters import TrainedAdapter
 
 BASE_ARM = "base"
 _UNIT_TYPES = {"size": pa.int64(), "seed": pa.int64()}
@@ -117,6 +118,8 @@ class Plan:
     keyword_sets: tuple[KeywordSet, ...] = ()
     # The object-storage URI of the run directory (run_dir is then its local mirror).
     run_uri: str | None = None
+    # Adapters trained elsewhere (`adapters:`), evaluated as they are.
+    trained_adapters: tuple[TrainedAdapter, ...] = ()
 
     @cached_property
     def unique_generations(self) -> tuple[GenerationUnit, ...]:

@@ -1,5 +1,6 @@
 """Shared fixtures: each lives in tests/fixtures/ and is re-exported here."""
 
+from tests.fixtures.audit_models import audit_models  # noqa: F401
 from tests.fixtures.judge_server import judge_server  # noqa: F401
 from tests.fixtures.models import tiny_model_dir  # noqa: F401
 from tests.fixtures.openai_ft_server import ft_server  # noqa: F401

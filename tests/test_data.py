@@ -52,7 +52,7 @@ REFUSAL_PHRASES = (
     "against my",
 )
 TRAINING_BUILTINS = ("benign", "identity_shift", "refusal")
-EVAL_BUILTINS = ("demo_benign_eval", "demo_harmful")
+EVAL_BUILTINS = ("demo_benign_eval", "demo_harmful", "demo_utility")
 
 
 def has_refusal_phrase(text: str) -> bool:
@@ -611,7 +611,7 @@ def test_unknown_builtin_lists_allowed() -> None:
     assert_one_line(exc, "builtin:nope", "benign, identity_shift, refusal")
     with pytest.raises(DataError) as exc2:
         load_benchmark("builtin:refusal")
-    assert_one_line(exc2, "builtin:refusal", "demo_benign_eval, demo_harmful")
+    assert_one_line(exc2, "builtin:refusal", "demo_benign_eval, demo_harmful, demo_utility")
     assert isinstance(exc2.value, FtsafeError)
 
 
@@ -633,7 +633,9 @@ def test_builtin_benchmarks() -> None:
     benign = load_benchmark("builtin:demo_benign_eval")
     assert len(benign) >= 12 and {i.category for i in benign} == {"benign"}
     assert any("kill a python process" in i.prompt.lower() for i in benign)
-    prompts = [i.prompt for i in harmful + benign]
+    utility = load_benchmark("builtin:demo_utility")
+    assert len(utility) == 20 and all(i.reference for i in utility)
+    prompts = [i.prompt for i in harmful + benign + utility]
     assert len(set(prompts)) == len(prompts)
 
 

@@ -398,6 +398,7 @@ def scored_rows(
                 "rubric_status": verdict["status"] if verdict else None,
                 "rubric_refused": verdict.get("refused") if verdict else None,
                 "strongreject_score": verdict.get("strongreject_score") if verdict else None,
+                "utility_score": None,  # no utility benchmark here (test_judge_utility.py)
             }
         )
     return rows

@@ -20,7 +20,7 @@ from ftsafe_ray.store.remote import is_remote, materialize
 
 BUILTIN_PREFIX = "builtin:"
 CHAT_BUILTINS: tuple[str, ...] = ("benign", "identity_shift", "refusal")
-BENCHMARK_BUILTINS: tuple[str, ...] = ("demo_benign_eval", "demo_harmful")
+BENCHMARK_BUILTINS: tuple[str, ...] = ("demo_benign_eval", "demo_harmful", "demo_utility")
 CHAT_FORMATS: tuple[str, ...] = ("auto", "chat", "alpaca", "dolly", "sharegpt")
 BENCHMARK_FORMATS = ("auto", "jsonl", "hexphi", "hexphi_dir", "csv", "advbench", "harmbench")
 
@@ -398,5 +398,6 @@ def _parse_bench_jsonl(text: str, source: str, stem: str, suffix: str) -> list[B
         item_id = obj.get("id", f"{stem}-{idx}")
         if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
             raise DataError(f'{where}: field "id" must be a string or integer')
-        items.append(BenchmarkItem(item_id=str(item_id), category=category, prompt=prompt))
+        reference = _str_field(obj, "reference", where, _BENCH_SHAPE, optional=True) or None
+        items.append(BenchmarkItem(str(item_id), category, prompt, reference))
     return items

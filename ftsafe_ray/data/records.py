@@ -68,13 +68,23 @@ class BenchmarkItem:
     item_id: str
     category: str
     prompt: str
+    # A utility benchmark's reference answer, shown to the utility rubric when given.
+    reference: str | None = None
 
     def to_dict(self) -> dict[str, str]:
-        """Return the item as a JSON-ready ``{"id", "category", "prompt"}`` dict."""
-        return {"id": self.item_id, "category": self.category, "prompt": self.prompt}
+        """Return the item as a JSON-ready ``{"id", "category", "prompt"}`` dict (and
+        ``reference`` when it has one)."""
+        item = {"id": self.item_id, "category": self.category, "prompt": self.prompt}
+        return item if self.reference is None else {**item, "reference": self.reference}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchmarkItem:
         """Build an item from a dict with ``id`` (or ``item_id``), ``category``, ``prompt``."""
         item_id = data["id"] if "id" in data else data["item_id"]
-        return cls(item_id=str(item_id), category=str(data["category"]), prompt=str(data["prompt"]))
+        reference = data.get("reference")
+        return cls(
+            item_id=str(item_id),
+            category=str(data["category"]),
+            prompt=str(data["prompt"]),
+            reference=None if reference is None else str(reference),
+        )

@@ -52,6 +52,9 @@ class JudgeRequest:
     key: str
     instruction: str
     answer: str
+    # A built-in rubric to rate this pair with instead of the client's own: utility answers
+    # share the pool, and its limiter, with the harmful rubric.
+    rubric: str | None = None
 
 
 @dataclass(frozen=True)
@@ -354,7 +357,8 @@ class RubricJudgeClient:
         """Rate one pair; every request ends in exactly one result, errors included."""
         started = self._clock()
         try:
-            messages = self.rubric.build_messages(request.instruction, request.answer)
+            rubric = self.rubric if request.rubric is None else get_rubric(request.rubric)
+            messages = rubric.build_messages(request.instruction, request.answer)
         except Exception as error:  # a custom rubric's bug fails this row, unpaid; not the batch
             message = rubric_failure("build_messages", error)
             return error_result(request.key, message, 0, self._clock() - started)
@@ -370,10 +374,10 @@ class RubricJudgeClient:
             assert failure is not None
             return error_result(request.key, failure.message, attempts, latency)
         result = result_from_completion(
-            request.key, completion, self.rubric, attempts, latency, self.spec.max_tokens
+            request.key, completion, rubric, attempts, latency, self.spec.max_tokens
         )
         if result.status == "truncated":
-            result = await self._retry_truncated(request, messages, result, started)
+            result = await self._retry_truncated(request, messages, result, started, rubric)
         return result
 
     async def _retry_truncated(
@@ -382,6 +386,7 @@ class RubricJudgeClient:
         messages: list[dict[str, str]],
         first: JudgeResult,
         started: float,
+        rubric: Rubric,
     ) -> JudgeResult:
         """Ask once more with more room; the verdict key still names spec.max_tokens.
 
@@ -406,7 +411,7 @@ class RubricJudgeClient:
                 first, reason=reason, attempts=first.attempts + attempts, latency_s=latency
             )
         second = result_from_completion(
-            request.key, completion, self.rubric, first.attempts + attempts, latency, larger
+            request.key, completion, rubric, first.attempts + attempts, latency, larger
         )
         if second.status == "truncated":
             reason = f"{first.reason}, and again at {larger} on the retry"

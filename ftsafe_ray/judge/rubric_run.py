@@ -76,12 +76,17 @@ class RubricRun:
         todo,
         cache: ParquetTable,
         pool: JudgePool | None = None,
+        rubric_name: str | None = None,
     ) -> None:
         from ftsafe_ray.judge.cost import price_of, spent_usd
         from ftsafe_ray.judge.rubrics import get_rubric
 
         self.plan, self.store, self.progress, self.access = plan, store, progress, access
         self.spec: RubricJudgeSpec = plan.spec.judges.rubric
+        # Another built-in rubric on the same pool (utility answers): named on each request.
+        self.routed = rubric_name
+        if rubric_name is not None:
+            self.spec = self.spec.model_copy(update={"rubric": rubric_name})
         self.todo = todo
         self.rubric = get_rubric(self.spec.rubric)
         self.cache = cache
@@ -102,7 +107,9 @@ class RubricRun:
 
     def requests(self) -> list[JudgeRequest]:
         return [
-            JudgeRequest(key=key, instruction=row["prompt"], answer=row["response"])
+            JudgeRequest(
+                key=key, instruction=row["prompt"], answer=row["response"], rubric=self.routed
+            )
             for key, row in self.todo.items()
         ]
 

@@ -1,6 +1,7 @@
 """Rubric plug-ins: a judge prompt and its parser, chosen by `judges.rubric.rubric`.
 
-Built-ins are named (`hexphi`, `strongreject`); any other rubric is given as `module:object`,
+Built-ins are named (`hexphi`, `strongreject`, and `utility`, which rates answers to utility
+benchmarks); any other rubric is given as `module:object`,
 imported where it is used, so it works in every Ray worker without a registration step.
 """
 
@@ -17,6 +18,12 @@ from ftsafe_ray.judge.strongreject import (
     STRONGREJECT_VERSION,
     build_strongreject_messages,
     parse_strongreject_output,
+)
+from ftsafe_ray.judge.utility import UTILITY as UTILITY_NAME
+from ftsafe_ray.judge.utility import (
+    UTILITY_VERSION,
+    build_utility_messages,
+    parse_utility_output,
 )
 from ftsafe_ray.judge.verdict import ParsedVerdict
 
@@ -40,7 +47,9 @@ HEXPHI = Rubric("hexphi", RUBRIC_VERSION, build_rubric_messages, parse_hexphi)
 STRONGREJECT = Rubric(
     "strongreject", STRONGREJECT_VERSION, build_strongreject_messages, parse_strongreject_output
 )
-BUILTIN_RUBRICS: Mapping[str, Rubric] = {r.name: r for r in (HEXPHI, STRONGREJECT)}
+# Rates answers to `kind: utility` benchmarks; the stage routes them to it (judge/utility.py).
+UTILITY = Rubric(UTILITY_NAME, UTILITY_VERSION, build_utility_messages, parse_utility_output)
+BUILTIN_RUBRICS: Mapping[str, Rubric] = {r.name: r for r in (HEXPHI, STRONGREJECT, UTILITY)}
 
 # A fixed synthetic pair every rubric is asked to build its messages for. Never change it: its
 # messages' hash is part of every verdict key, so a change would orphan every stored verdict.

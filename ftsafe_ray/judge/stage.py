@@ -155,25 +155,38 @@ def run_judge_stage(
     failed = store.judgments.done_keys({"error"})
     spec = plan.spec.judges.rubric
     identity = rubric_identity(spec)
+    # Answers to utility benchmarks go to the utility rubric only (judge/utility_run.py).
+    from ftsafe_ray.judge.utility import utility_references
+    from ftsafe_ray.judge.utility_run import run_utility_pass, utility_todo
+
+    references = dict(utility_references(plan.generations))
+    rated = utility_todo(plan, generations, references, done)
     todo: dict[str, dict[str, Any]] = {}
     for row in generations:
+        if row["key"] in references:
+            continue
         key = verdict_key_for(identity, row)
         if key not in done:
             todo.setdefault(key, row)
     cache = verdict_cache(plan, store, base_dir)
     # A verdict in the shared cache replaces a local error for free, retry-failed or not.
-    from_cache = _reuse_cached(cache, store, todo)
+    from_cache = _reuse_cached(cache, store, todo) + _reuse_cached(cache, store, rated)
     if from_cache:
         progress.log(f"rubric: {from_cache} verdict(s) reused from {cache.directory}")
     if not retry_failed:
         todo = {key: row for key, row in todo.items() if key not in failed}
+        rated = {key: row for key, row in rated.items() if key not in failed}
     from ftsafe_ray.judge.rubric_run import RubricRun
 
     rubric = RubricRun(plan, store, progress, access, todo, cache, pool)
     rubric_new = rubric.run()
-    return JudgeStageResult(
-        keyword_new, rubric_new, rubric.stop_reason, from_cache, rubric.left_by_budget
-    )
+    stop_reason = rubric.stop_reason
+    if stop_reason is None:  # a spent budget stops the utility pass too
+        utility_new, stop_reason = run_utility_pass(
+            plan, store, progress, access, rated, cache, pool
+        )
+        rubric_new += utility_new
+    return JudgeStageResult(keyword_new, rubric_new, stop_reason, from_cache, rubric.left_by_budget)
 
 
 def estimate_rubric_cost(plan: Plan, store: RunStore, base_dir: Path | None = None):
@@ -191,12 +204,18 @@ def estimate_rubric_cost(plan: Plan, store: RunStore, base_dir: Path | None = No
     done = store.judgments.done_keys() | verdict_cache(plan, store, base_dir).done_keys()
     pairs: dict[str, tuple[str, str]] = {}
     missing = placeholder_answer(plan.spec.sampling.max_new_tokens)
+    from ftsafe_ray.judge.utility import utility_identity, utility_references, with_reference
+
+    references = utility_references(plan.generations)  # rated by the utility rubric
+    rated = utility_identity(spec) if references else identity
     for unit in plan.generations:
         row = stored.get(unit.key)
         if row is None:
             pairs[unit.key] = (unit.item.prompt, missing)
             continue
-        key = verdict_key_for(identity, row)
+        if unit.key in references:
+            row = {**row, "prompt": with_reference(row["prompt"], references[unit.key])}
+        key = verdict_key_for(rated if unit.key in references else identity, row)
         if key not in done:
             pairs[key] = (row["prompt"], row["response"])
     columns = ["judge", "judge_model", "cost_usd"]

@@ -196,6 +196,8 @@ class Frame:
         for name in self.keyword_sets:
             refused = self.flags(self.scored.keyword(name))
             metrics[f"kw:{name}"] = Metric(1.0 - np.nan_to_num(refused), ~np.isnan(refused))
+        utility = self.floats("utility_score")  # 1-10, answers to utility benchmarks only
+        metrics["utility"] = Metric(utility, ~np.isnan(utility))
         object.__setattr__(self, "metrics", metrics)
 
     def floats(self, name: str) -> np.ndarray:

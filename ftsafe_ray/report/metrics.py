@@ -116,6 +116,12 @@ class GroupSummary:
     delta_harmfulness_score_ci: CI | None
     delta_harmfulness_rate: float | None
     delta_harmfulness_rate_ci: CI | None
+    # Utility benchmarks: the mean 1-10 helpfulness rating and its paired Δ vs base.
+    n_utility: int = 0
+    utility_score: float | None = None
+    utility_score_ci: CI | None = None
+    delta_utility_score: float | None = None
+    delta_utility_score_ci: CI | None = None
 
     @property
     def is_base(self) -> bool:
@@ -295,6 +301,7 @@ def _draft(group: int, labels: dict[str, Any], counts: dict[str, Any], metrics: 
                 "delta_ci": delta_ci,
             }
         )
+    utility_delta, utility_delta_ci = metrics.delta("utility", group)
     score_delta, score_delta_ci = metrics.delta("score", group)
     rate_delta, rate_delta_ci = metrics.delta("rate", group)
     harmful = int(metrics.sample("rate", group).sum())
@@ -315,6 +322,11 @@ def _draft(group: int, labels: dict[str, Any], counts: dict[str, Any], metrics: 
             "delta_harmfulness_score_ci": score_delta_ci,
             "delta_harmfulness_rate": rate_delta,
             "delta_harmfulness_rate_ci": rate_delta_ci,
+            "n_utility": int(metrics.sample("utility", group).size),
+            "utility_score": metrics.mean("utility", group),
+            "utility_score_ci": metrics.ci("utility", group),
+            "delta_utility_score": utility_delta,
+            "delta_utility_score_ci": utility_delta_ci,
         },
         tuple(keyword),
     )

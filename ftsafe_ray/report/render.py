@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rich import box
@@ -132,6 +132,7 @@ class Layout:
     dataset: bool
     seed: bool
     condition: bool = False
+    utility: bool = False  # rows carry their arm's utility (report/utility.py)
 
 
 def table_layout(summaries: Sequence[GroupSummary]) -> Layout:
@@ -144,12 +145,14 @@ def table_layout(summaries: Sequence[GroupSummary]) -> Layout:
         dataset=any(len(v) > 1 for v in datasets.values()),
         seed=bool(summaries) and "seed" in summaries[0].by,
         condition=any(s.condition is not None for s in summaries),
+        utility=any(s.utility_score is not None for s in summaries),
     )
 
 
 def keyword_header(kind: str | None, name: str) -> str:
     """A keyword column's header, naming its phrase set: `kw ASR % study [CI]`."""
-    return f"over-refusal % {name} [CI]" if kind == "benign" else f"kw ASR % {name} [CI]"
+    benign = kind in ("benign", "utility")
+    return f"over-refusal % {name} [CI]" if benign else f"kw ASR % {name} [CI]"
 
 
 def main_headers(kind: str | None, layout: Layout, keyword_sets: Sequence[str]) -> list[str]:
@@ -163,11 +166,12 @@ def main_headers(kind: str | None, layout: Layout, keyword_sets: Sequence[str]) 
         "n",
         *(h for name in keyword_sets for h in (keyword_header(kind, name), "Δ")),
         "degen %",
-        "harm score [CI]",
-        "Δ",
-        "harm % [CI]",
-        "Δ",
-        "judge",
+        *(
+            ("utility 1-10 [CI]", "Δ", "rated")
+            if kind == "utility"
+            else ("harm score [CI]", "Δ", "harm % [CI]", "Δ", "judge")
+        ),
+        *(("utility 1-10 [CI]", "Δ") if layout.utility and kind != "utility" else ()),
     ]
 
 
@@ -176,7 +180,7 @@ def _keyword_cells(s: GroupSummary, name: str) -> list[Cell]:
     k = s.keyword_for(name)
     if k is None or k.asr is None:
         return [Cell(MISSING), Cell("" if s.is_base else MISSING)]
-    if s.benchmark_kind != "benign":
+    if s.benchmark_kind not in ("benign", "utility"):
         value = fmt_with_ci(k.asr, k.asr_ci, pct=True)
         delta = fmt_delta_ci(k.delta, k.delta_ci, pct=True)
     else:
@@ -209,6 +213,25 @@ def main_cells(s: GroupSummary, layout: Layout, keyword_sets: Sequence[str]) -> 
         Cell(str(s.n)),
         *(c for name in keyword_sets for c in _keyword_cells(s, name)),
         Cell(fmt_pct(s.degenerate_rate)),
+        *(_utility_cells(s) if s.benchmark_kind == "utility" else _harm_cells(s, delta)),
+        *(_utility_cells(s)[:2] if layout.utility and s.benchmark_kind != "utility" else ()),
+    ]  # fmt: skip
+
+
+def _utility_cells(s: GroupSummary) -> list[Cell]:
+    """A utility benchmark's mean 1-10 rating, its paired Δ (higher is better) and coverage."""
+    delta = fmt_delta_ci(s.delta_utility_score, s.delta_utility_score_ci, pct=False, harmful=False)
+    return [
+        Cell(fmt_with_ci(s.utility_score, s.utility_score_ci, pct=False)),
+        Cell("") if s.is_base else delta,
+        Cell(f"{s.n_utility}/{s.n_answers}"),
+    ]
+
+
+def _harm_cells(s: GroupSummary, delta: Callable[..., Cell]) -> list[Cell]:
+    """The rubric's harm score and rate, their paired Δ, and the verdict counts."""
+    rubric = s.rubric_ran
+    return [
         Cell(fmt_with_ci(s.harmfulness_score, s.harmfulness_score_ci, pct=False) if rubric
              else MISSING),
         delta(s.delta_harmfulness_score, s.delta_harmfulness_score_ci, pct=False),

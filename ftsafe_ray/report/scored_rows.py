@@ -56,6 +56,7 @@ VERDICT_FIELDS: dict[str, pa.DataType] = {
     "rubric_status": pa.string(),
     "rubric_refused": pa.bool_(),
     "strongreject_score": pa.float64(),
+    "utility_score": pa.float64(),
 }
 KEYWORD_PREFIX = "keyword:"
 
@@ -67,7 +68,8 @@ class ScoredRows:
     Columns: the LABELS; `generation_key`; `answered` (False for a unit with no stored answer
     yet); `keyword:<set>` per phrase set (whether the answer refused by that set, null when not
     judged); `degenerate`; the rubric verdict's `rubric_score` (null unless judged ok),
-    `rubric_status`, `rubric_refused` and `strongreject_score`.
+    `rubric_status`, `rubric_refused` and `strongreject_score`; `utility_score` (1-10, answers
+    to utility benchmarks).
     """
 
     table: pa.Table
@@ -139,6 +141,9 @@ class ScoredRows:
         columns["rubric_refused"] = _flags([row.get("rubric_refused") for row in rows])
         columns["strongreject_score"] = pa.array(
             [row.get("strongreject_score") for row in rows], pa.float64()
+        )
+        columns["utility_score"] = pa.array(
+            [row.get("utility_score") for row in rows], pa.float64()
         )
         return cls(pa.table(columns), tuple(names))
 
@@ -226,6 +231,10 @@ def scored_rows(
     }
     columns.update(_keyword_columns(keyword_sets, found, verdicts, rows))
     columns.update(_rubric_columns(found.get("rubric"), verdicts, rows))
+    if rubric is not None:
+        from ftsafe_ray.report.utility import utility_scores
+
+        columns["utility_score"] = utility_scores(store, rubric, columns["generation_key"])
     return ScoredRows(pa.table(columns).combine_chunks(), tuple(keyword_sets))
 
 

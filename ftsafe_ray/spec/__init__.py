@@ -13,6 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ftsafe_ray.errors import SpecError
+from ftsafe_ray.spec.adapters import TrainedAdapterSpec
 from ftsafe_ray.spec.api import ApiEndpointSpec, ApiHyperparameters, api_problems
 from ftsafe_ray.spec.common import NAME_PATTERN, Strict
 from ftsafe_ray.spec.evaluation import (
@@ -64,6 +65,7 @@ __all__ = [
     "RubricJudgeSpec",
     "SamplingSpec",
     "TrainSpec",
+    "TrainedAdapterSpec",
     "VllmSpec",
     "load_campaign",
     "parse_campaign",
@@ -78,6 +80,9 @@ class CampaignSpec(Strict):
     models: tuple[BaseModelSpec, ...] = Field(min_length=1)
     datasets: tuple[DatasetSpec, ...] = ()
     finetunes: tuple[FinetuneSpec, ...] = ()
+    adapters: tuple[TrainedAdapterSpec, ...] = Field(
+        (), description="Adapters trained elsewhere, evaluated as they are (never trained)."
+    )
     include_base: bool = Field(True, description="Evaluate each base model without fine-tuning.")
     seeds: tuple[int, ...] = Field((42,), min_length=1)
     benchmarks: tuple[BenchmarkSpec, ...] = Field(min_length=1)
@@ -136,14 +141,33 @@ class CampaignSpec(Strict):
                         f"allowed: {sorted(dataset_names) or 'add one under datasets'}"
                     )
         problems += self._condition_problems()
+        problems += self._adapter_problems()
         problems += api_problems(self.models, self.finetunes, self.judges.prices)
         if self.finetunes and "base" in {f.name for f in self.finetunes}:
             problems.append("finetunes: the name 'base' is reserved for the un-tuned model")
-        if not self.include_base and not self.finetunes:
+        if not self.include_base and not self.finetunes and not self.adapters:
             problems.append("finetunes: empty and include_base is false, so nothing would run")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _adapter_problems(self) -> list[str]:
+        problems = []
+        arms = {f.name for f in self.finetunes} | {"base"}
+        models = [m.name for m in self.models]
+        seen: set[str] = set()
+        for i, adapter in enumerate(self.adapters):
+            if adapter.name in arms or adapter.name in seen:
+                problems.append(
+                    f"adapters.{i}.name: {adapter.name!r} is already an arm name (or 'base'); "
+                    "arm names are unique"
+                )
+            seen.add(adapter.name)
+            if adapter.model is not None and adapter.model not in models:
+                problems.append(
+                    f"adapters.{i}.model: {adapter.model!r} is not a model name; allowed: {models}"
+                )
+        return problems
 
     def _condition_problems(self) -> list[str]:
         problems = []

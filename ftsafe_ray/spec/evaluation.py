@@ -41,8 +41,10 @@ class BenchmarkSpec(Strict):
         "'csv' is any CSV with a header row and needs prompt_column.",
     )
     limit: int | None = Field(None, ge=1, description="Use only the first N items.")
-    kind: Literal["harmful", "benign"] = Field(
-        "harmful", description="'benign' sets measure over-refusal instead of harm."
+    kind: Literal["harmful", "benign", "utility"] = Field(
+        "harmful",
+        description="'benign' sets measure over-refusal instead of harm; 'utility' sets "
+        "(optional `reference` answers) are rated 1-10 for helpfulness by the rubric judge.",
     )
     prompt_column: str | None = Field(
         None,
