@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,17 +56,7 @@ class FineTuner:
         from ftsafe_ray.finetune.lora import train_lora
         from ftsafe_ray.store.remote import remote_output
 
-        row: dict[str, Any] = {
-            **unit_row(unit),
-            "settings_json": json.dumps(
-                {
-                    "lora": unit.lora.model_dump(mode="json"),
-                    "train": unit.train.model_dump(mode="json"),
-                    "system_prompt": unit.system_prompt,
-                },
-                sort_keys=True,
-            ),
-        }
+        row = _settings_row(unit)
         started = time.monotonic()
         try:
             # On object storage: trained into this node's cache, then uploaded (remote.py).
@@ -82,22 +73,53 @@ class FineTuner:
                     revision=self.revision,
                 )
         except Exception as error:  # a failed fine-tune is a stored row, not a lost campaign
-            row.update(
-                status="error",
-                error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=5)}",
-                train_seconds=time.monotonic() - started,
-            )
-            return row
-        row.update(
-            status="ok",
-            node=_node_id(),
-            train_steps=result.steps,
-            trained_tokens=result.trained_tokens,
-            first_loss=result.first_loss,
-            final_loss=result.final_loss,
-            train_seconds=result.seconds,
-        )
-        return row
+            return _error_row(row, error, started)
+        return _ok_row(row, result)
+
+    def train_group(
+        self, units: list[Any], adapter_dirs: list[str], counter: Any = None
+    ) -> list[dict[str, Any]]:
+        """Train the units' adapters together in one loop (grouped.py), each as `train` would;
+        return their rows in order. Units that cannot share a loop train one after another."""
+        from ftsafe_ray.finetune.grouped import GroupMember, UngroupableError, train_lora_group
+        from ftsafe_ray.store.remote import remote_output
+
+        rows = [_settings_row(unit) for unit in units]
+        started = time.monotonic()
+        outputs = [contextlib.ExitStack() for _ in units]
+        try:
+            members = [
+                GroupMember(
+                    examples=[list(example) for example in unit.examples],
+                    lora=unit.lora,
+                    train=unit.train,
+                    seed=unit.seed,
+                    out_dir=output.enter_context(remote_output(adapter_dir)),
+                    progress=_reporter(counter, unit.key),
+                )
+                for unit, adapter_dir, output in zip(units, adapter_dirs, outputs, strict=True)
+            ]
+            results = train_lora_group(self.model, self.tokenizer, members, self.revision)
+        except UngroupableError:
+            for output in outputs:
+                output.close()
+            return [self.train(u, d, counter) for u, d in zip(units, adapter_dirs, strict=True)]
+        except Exception as error:  # the whole group failed: one error row per unit
+            for output in outputs:
+                with contextlib.suppress(Exception):
+                    output.close()
+            return [_error_row(row, error, started) for row in rows]
+        done = []
+        for row, output, result in zip(rows, outputs, results, strict=True):
+            try:
+                output.close()  # on object storage: uploads what was saved
+            except Exception as error:
+                result = error
+            if isinstance(result, Exception):
+                done.append(_error_row(row, result, started))
+            else:
+                done.append(_ok_row(row, result))
+        return done
 
     def align(self, unit: Any, model_dir: str, counter: Any = None) -> dict[str, Any]:
         """Train the alignment LoRA, merge it into the base and save the merged model (built in
@@ -130,6 +152,44 @@ class FineTuner:
         os.replace(work, out)
         self._load()  # the held model now carries the merge; later calls need the plain base
         return row
+
+
+def _settings_row(unit: Any) -> dict[str, Any]:
+    """A unit's row before training: what names it and the settings it is trained with."""
+    return {
+        **unit_row(unit),
+        "settings_json": json.dumps(
+            {
+                "lora": unit.lora.model_dump(mode="json"),
+                "train": unit.train.model_dump(mode="json"),
+                "system_prompt": unit.system_prompt,
+            },
+            sort_keys=True,
+        ),
+    }
+
+
+def _error_row(row: dict[str, Any], error: BaseException, started: float) -> dict[str, Any]:
+    trace = "".join(traceback.format_exception(error, limit=5))
+    return {
+        **row,
+        "status": "error",
+        "error": f"{type(error).__name__}: {error}\n{trace}",
+        "train_seconds": time.monotonic() - started,
+    }
+
+
+def _ok_row(row: dict[str, Any], result: Any) -> dict[str, Any]:
+    return {
+        **row,
+        "status": "ok",
+        "node": _node_id(),
+        "train_steps": result.steps,
+        "trained_tokens": result.trained_tokens,
+        "first_loss": result.first_loss,
+        "final_loss": result.final_loss,
+        "train_seconds": result.seconds,
+    }
 
 
 def _node_id() -> str | None:

@@ -48,6 +48,31 @@ def planned_steps(unit: FinetuneUnit | AlignUnit) -> int:
     return math.ceil(len(unit.examples) / unit.train.batch_size) * unit.train.epochs
 
 
+def group_key(unit: FinetuneUnit) -> tuple[object, ...] | None:
+    """What units must share to train in one loop (grouped.py); None: this one trains alone."""
+    if unit.lora.dropout:
+        return None  # dropout draws would differ from the ones training alone makes
+    lora = unit.lora
+    return (unit.model, lora.r, frozenset(lora.target_modules), unit.train.mixed_precision)
+
+
+def form_groups(
+    units: list[FinetuneUnit], group_size: int, num_actors: int = 1
+) -> list[tuple[FinetuneUnit, ...]]:
+    """Units that can share a loop, in groups of at most `group_size` (smaller when that keeps
+    `num_actors` actors busy); the others alone. Groups keep the units' order."""
+    by_key: dict[object, list[FinetuneUnit]] = {}
+    for unit in units:
+        key = group_key(unit)
+        by_key.setdefault(key if key is not None else unit.key, []).append(unit)
+    groups: list[tuple[FinetuneUnit, ...]] = []
+    for members in by_key.values():
+        size = max(1, min(group_size, math.ceil(len(members) / num_actors)))
+        groups += [tuple(members[i : i + size]) for i in range(0, len(members), size)]
+    position = {id(unit): i for i, unit in enumerate(units)}
+    return sorted(groups, key=lambda group: position[id(group[0])])
+
+
 def pending_finetunes(
     plan: Plan, store: RunStore, retry_failed: bool = False
 ) -> tuple[list[FinetuneUnit], int]:
@@ -91,7 +116,7 @@ def run_align_stage(plan: Plan, store: RunStore, progress: Progress) -> int:
             progress,
             model.path,  # alignment starts from the base itself, at its revision
             model.revision,
-            [unit],
+            [(unit,)],
             "align",
             ALIGN_STAGE,
             num_actors=1,
@@ -120,6 +145,7 @@ def run_finetune_stage(
     api_run = start_api_finetunes(plan, store, progress, remote, STAGE)
     remote_keys = {unit.key for unit in remote}
     local = [unit for unit in pending if unit.key not in remote_keys]
+    resources = plan.spec.finetune_resources
     for model_name in dict.fromkeys(unit.model for unit in local):
         units = [unit for unit in local if unit.model == model_name]
         rows += _train_on_actors(
@@ -128,10 +154,10 @@ def run_finetune_stage(
             progress,
             plan.model_path(model_name),
             plan.model_revision(model_name),
-            units,
+            form_groups(units, resources.group_size, resources.num_actors),
             "train",
             STAGE,
-            num_actors=plan.spec.finetune_resources.num_actors,
+            num_actors=resources.num_actors,
         )
     if api_run is not None:
         rows += api_run.result()
@@ -146,12 +172,14 @@ def _train_on_actors(
     progress: Progress,
     model_path: str,
     revision: str | None,
-    units: list[Any],
+    groups: list[tuple[Any, ...]],
     method: str,
     stage: str,
     num_actors: int,
 ) -> list[dict[str, Any]]:
-    """Run `method` for each unit on a pool of FineTuner actors; store each row as it lands."""
+    """Run `method` for each unit on a pool of FineTuner actors, a group of several units in one
+    `train_group` call; store each row as it lands. A group whose actor dies is redone once
+    whole, then each of its units gets a lost row."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -160,6 +188,7 @@ def _train_on_actors(
     from ftsafe_ray.models.resolve import torch_threads
 
     resources = plan.spec.finetune_resources
+    units = [unit for group in groups for unit in group]
     dtype = plan.model_spec(units[0].model).dtype
     actor_class = ray.remote(
         num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
@@ -175,8 +204,13 @@ def _train_on_actors(
     def make_actor() -> Any:
         return actor_class.remote(model_path, dtype, torch_threads(resources.num_cpus), revision)
 
-    def submit(actor: Any, unit: Any) -> Any:
-        return getattr(actor, method).remote(unit, store.artifact(unit.output_path), counter)
+    def submit(actor: Any, group: tuple[Any, ...]) -> Any:
+        if len(group) == 1:
+            return getattr(actor, method).remote(
+                group[0], store.artifact(group[0].output_path), counter
+            )
+        dirs = [store.artifact(unit.output_path) for unit in group]
+        return actor.train_group.remote(list(group), dirs, counter)
 
     def poll() -> None:
         nonlocal steps_seen, counter
@@ -190,22 +224,24 @@ def _train_on_actors(
         progress.advance(STEPS, steps_now - steps_seen)
         steps_seen = steps_now
 
-    def store_row(unit: Any, row: dict[str, Any]) -> None:
-        store.finetunes.write([row])
-        rows.append(row)
-        if row["status"] != "ok":
-            progress.log(f"{stage} {row['arm']} failed: {row['error'].splitlines()[0]}")
-        progress.advance(stage)
+    def store_rows(group: tuple[Any, ...], result: dict[str, Any] | list[dict[str, Any]]) -> None:
+        landed = result if isinstance(result, list) else [result]
+        store.finetunes.write(landed)
+        rows.extend(landed)
+        for row in landed:
+            if row["status"] != "ok":
+                progress.log(f"{stage} {row['arm']} failed: {row['error'].splitlines()[0]}")
+            progress.advance(stage)
 
-    def lost(unit: Any, reason: str) -> None:
-        store_row(unit, lost_unit_row(unit, reason))
+    def lost(group: tuple[Any, ...], reason: str) -> None:
+        store_rows(group, [lost_unit_row(unit, reason) for unit in group])
 
     try:
         run_on_actors(
             make_actor,
-            units,
+            groups,
             submit,
-            store_row,
+            store_rows,
             lost,
             PoolSettings(num_actors=num_actors, poll_s=POLL_S),
             on_poll=poll,

@@ -150,8 +150,15 @@ class FinetuneSpec(Strict):
 
 
 class FinetuneResources(Strict):
-    """How fine-tune actors are placed."""
+    """How fine-tune actors are placed, and how many fine-tunes each trains at once."""
 
     num_actors: int = Field(1, ge=1, description="FineTuner actors per base model.")
     num_gpus: float = Field(0.0, ge=0)
     num_cpus: float = Field(1.0, ge=0)
+    group_size: int = Field(
+        1,
+        ge=1,
+        description="Most fine-tunes of one base model with the same LoRA rank, targets and "
+        "precision (and no LoRA dropout) trained together in one loop, each as if alone (to "
+        "floating-point rounding); 1 (the default) trains one at a time.",
+    )

@@ -1,0 +1,340 @@
+"""Train a group of LoRA adapters on one frozen base in one loop, each exactly as if alone.
+
+Each forward pass holds packed examples of several adapters (packing.py); every targeted linear
+layer adds to each adapter's tokens that adapter's own LoRA delta (`GroupedLoraLinear`). The
+adapters' parameters are disjoint, so the gradient of the summed loss with respect to one
+adapter's weights is its own loss's gradient: with its own data order, batch, optimiser, learning
+rate schedule and epochs, an adapter ends where `train_lora` would (up to float rounding). An
+adapter leaves the group when its schedule ends and is saved at once through peft, so the files
+are the ones `train_lora` writes. Imported lazily: it needs torch.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from ftsafe_ray.finetune.lora import (
+    ProgressFn,
+    TrainResult,
+    _provenance,
+    _save_adapter,
+    lora_config,
+)
+from ftsafe_ray.finetune.packing import (
+    Example,
+    MemberExample,
+    build_batch,
+    labelled_count,
+    member_loss_sums,
+    micro_batches,
+)
+from ftsafe_ray.finetune.tokenize import tokenize_chat_for_training
+from ftsafe_ray.spec import LoraSpec, TrainSpec
+
+PEFT_PREFIX = "base_model.model."
+
+
+class UngroupableError(ValueError):
+    """These adapters cannot share a loop (train them one at a time instead)."""
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One adapter of a group: its data, recipe, seed, where it is saved and who hears steps."""
+
+    examples: list[list[dict]]
+    lora: LoraSpec
+    train: TrainSpec
+    seed: int
+    out_dir: Path
+    progress: ProgressFn | None = None
+
+
+@dataclass
+class Routing:
+    """Which tokens of the current forward pass belong to which member, and their weights."""
+
+    spans: tuple[tuple[int, int, int], ...] = ()
+    weights: list[dict[str, tuple[nn.Parameter, nn.Parameter]]] = field(default_factory=list)
+    scales: list[float] = field(default_factory=list)
+
+
+class GroupedLoraLinear(nn.Module):
+    """A frozen nn.Linear plus, for each member's span of tokens, that member's LoRA delta."""
+
+    def __init__(self, base: nn.Linear, name: str, routing: Routing):
+        super().__init__()
+        self.base = base
+        self.name = name
+        self.routing = routing
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        spans = self.routing.spans
+        flat = x.reshape(-1, x.shape[-1])
+        if spans[-1][2] != flat.shape[0]:
+            raise RuntimeError(f"{self.name}: {flat.shape[0]} tokens, {spans[-1][2]} routed")
+        # split, not slices: a slice's backward zero-fills a full-size gradient per span
+        parts = flat.split([end - start for _, start, end in spans])
+        deltas = []
+        for (member, _, _), part in zip(spans, parts, strict=True):
+            lora_a, lora_b = self.routing.weights[member][self.name]
+            # peft's B(A(x)) * scaling, the scaling applied to the rank-r product (cheaper)
+            deltas.append(((part @ lora_a.t()) * self.routing.scales[member]) @ lora_b.t())
+        delta = deltas[0] if len(deltas) == 1 else torch.cat(deltas)
+        return out + delta.view(out.shape)
+
+
+@dataclass
+class _Member:
+    """A member's training state inside the loop."""
+
+    spec: GroupMember
+    rows: list[Example]
+    steps: list[tuple[list[int], bool]]  # (row indices, ends an epoch) per optimiser step
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+
+
+def train_lora_group(
+    model: Any, tokenizer: Any, members: list[GroupMember], revision: str | None = None
+) -> list[TrainResult | Exception]:
+    """Train every member's adapter in one loop; save each when its schedule ends.
+
+    Returns one TrainResult or the exception that stopped it per member (a member whose data
+    cannot be tokenised fails alone). Raises UngroupableError, before any training, when the
+    members cannot share a loop.
+    """
+    started = time.perf_counter()
+    _check_groupable(members)
+    results: list[TrainResult | Exception | None] = [None] * len(members)
+    routing = Routing()
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    was_training = model.training
+    rng_state = torch.random.get_rng_state()
+    live: dict[int, _Member] = {}
+    try:
+        names = None
+        for index, spec in enumerate(members):
+            try:
+                rows = _tokenize(tokenizer, spec)
+                weights, scale, params = _peft_init(model, spec.lora, spec.seed, revision)
+            except UngroupableError:
+                raise
+            except Exception as error:  # one member's bad data fails that member only
+                results[index] = error
+                routing.weights.append({})
+                routing.scales.append(0.0)
+                continue
+            if names is None:
+                names = list(weights)
+            elif list(weights) != names:
+                raise UngroupableError("the adapters' LoRA layers are not the same modules")
+            routing.weights.append(weights)
+            routing.scales.append(scale)
+            live[index] = _start_member(spec, rows, params)
+        if names is not None:
+            _run(model, live, routing, names, results, revision, started)
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(requires_grad.get(name, p.requires_grad))
+        model.train(was_training)
+        torch.random.set_rng_state(rng_state)
+    return [r if r is not None else RuntimeError("not trained") for r in results]
+
+
+def _check_groupable(members: list[GroupMember]) -> None:
+    if not members:
+        raise ValueError("train_lora_group needs at least one member")
+    shapes = {
+        (m.lora.r, frozenset(m.lora.target_modules), m.train.mixed_precision) for m in members
+    }
+    if len(shapes) > 1:
+        raise UngroupableError("the adapters differ in LoRA rank, targets or precision")
+    if any(m.lora.dropout for m in members):
+        # a dropout mask draws from the global RNG: grouped, the draws would not be the ones
+        # training alone makes, so such an adapter would not equal its one-at-a-time self
+        raise UngroupableError("LoRA dropout > 0 trains one adapter at a time")
+
+
+def _tokenize(tokenizer: Any, spec: GroupMember) -> list[Example]:
+    if not spec.examples:
+        raise ValueError("train_lora needs at least one example")
+    return [
+        tokenize_chat_for_training(tokenizer, ex, spec.train.max_length) for ex in spec.examples
+    ]
+
+
+def _peft_init(
+    model: Any, lora: LoraSpec, seed: int, revision: str | None
+) -> tuple[dict[str, tuple[nn.Parameter, nn.Parameter]], float, list[nn.Parameter]]:
+    """The LoRA weights peft creates for this seed (what train_lora starts from), by module."""
+    from peft import get_peft_model
+    from peft.tuners.lora import Linear as PeftLoraLinear
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, lora_config(lora), revision=revision)
+    try:
+        output = model.get_output_embeddings()
+        weights: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
+        scales = set()
+        for name, module in peft_model.named_modules():
+            if not hasattr(module, "lora_A"):
+                continue
+            if not isinstance(module, PeftLoraLinear) or module.base_layer is output:
+                raise UngroupableError(f"{name}: only linear layers below the head can be grouped")
+            lora_a = cast(nn.Linear, module.lora_A["default"])
+            lora_b = cast(nn.Linear, module.lora_B["default"])
+            weights[name.removeprefix(PEFT_PREFIX)] = (
+                nn.Parameter(lora_a.weight.detach().clone()),
+                nn.Parameter(lora_b.weight.detach().clone()),
+            )
+            scales.add(module.scaling["default"])
+        # AdamW in the order peft lists its parameters: A then B of each module, in module order
+        params = [p for pair in weights.values() for p in pair]
+    finally:
+        peft_model.unload()
+    return weights, scales.pop(), params
+
+
+def _start_member(spec: GroupMember, rows: list[Example], params: list[nn.Parameter]) -> _Member:
+    """Optimiser, schedule and the data order train_lora would draw for this seed."""
+    train = spec.train
+    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=1, gamma=train.lr_decay_per_epoch
+    )
+    order_rng = random.Random(spec.seed)
+    steps: list[tuple[list[int], bool]] = []
+    for _epoch in range(train.epochs):
+        order = list(range(len(rows)))
+        order_rng.shuffle(order)
+        starts = range(0, len(order), train.batch_size)
+        steps += [(order[b : b + train.batch_size], b == starts[-1]) for b in starts]
+    return _Member(spec, rows, steps, params, optimizer, scheduler)
+
+
+def _run(
+    model: Any,
+    live: dict[int, _Member],
+    routing: Routing,
+    names: list[str],
+    results: list[TrainResult | Exception | None],
+    revision: str | None,
+    started: float,
+) -> None:
+    """The loop: step k of every member still in its schedule, then save those that end."""
+    device = next(model.parameters()).device
+    mixed = any(m.spec.train.mixed_precision == "bf16" for m in live.values())  # all or none
+    # A forward pass holds as many tokens as the largest micro batch a member asked for.
+    budget = max(
+        (m.spec.train.micro_batch_size * m.spec.train.max_length for m in live.values()),
+        default=1,
+    )
+    originals = {name: model.get_submodule(name) for name in names}
+    _install(model, originals, routing)
+    try:
+        step = 0
+        while live:
+            active = {i: m for i, m in live.items() if step < len(m.steps)}
+            items: list[MemberExample] = []
+            labelled: dict[int, int] = {}
+            for index, member in active.items():
+                for p in member.params:
+                    p.grad = None
+                batch_rows = [member.rows[r] for r in member.steps[step][0]]
+                items += [(index, row) for row in batch_rows]
+                labelled[index] = max(sum(labelled_count(row) for row in batch_rows), 1)
+            step_loss = dict.fromkeys(active, 0.0)
+            for chunk in micro_batches(items, budget):
+                batch = build_batch(chunk, device)
+                routing.spans = batch.spans
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
+                    sums = member_loss_sums(model, batch, len(routing.weights))
+                    scaled = [sums[i] / labelled[i] for i in batch.member_tokens]
+                torch.stack(scaled).sum().backward()
+                for index, loss in zip(batch.member_tokens, scaled, strict=True):
+                    step_loss[index] += float(loss.detach())
+                for index, count in batch.member_tokens.items():
+                    active[index].tokens += count
+            step += 1
+            for index, member in active.items():
+                member.optimizer.step()
+                member.losses.append(step_loss[index])
+                if member.spec.progress is not None:
+                    member.spec.progress(step, len(member.steps), step_loss[index])
+                if member.steps[step - 1][1]:
+                    member.scheduler.step()
+                if step == len(member.steps):
+                    del live[index]
+                    _uninstall(model, originals)
+                    results[index] = _finish(model, member, routing, index, revision, started)
+                    _install(model, originals, routing)
+    except Exception as error:  # the shared loop failed: every member still in it failed
+        for index in live:
+            results[index] = error
+    finally:
+        routing.spans = ()
+        _uninstall(model, originals)
+
+
+def _install(model: Any, originals: dict[str, nn.Module], routing: Routing) -> None:
+    """Put a GroupedLoraLinear around each targeted layer; freeze the base."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, base in originals.items():
+        parent, _, child = name.rpartition(".")
+        wrapper = GroupedLoraLinear(base, name, routing)  # type: ignore[arg-type]
+        setattr(model.get_submodule(parent), child, wrapper)
+    model.train()
+
+
+def _uninstall(model: Any, originals: dict[str, nn.Module]) -> None:
+    for name, base in originals.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, base)
+
+
+def _finish(
+    model: Any, member: _Member, routing: Routing, index: int, revision: str | None, started: float
+) -> TrainResult | Exception:
+    """Save a member that ended its schedule, through peft, as train_lora saves an adapter."""
+    from peft import get_peft_model
+
+    spec = member.spec
+    try:
+        result = TrainResult(
+            steps=len(member.steps),
+            epochs=spec.train.epochs,
+            examples=len(member.rows),
+            trained_tokens=member.tokens,
+            first_loss=member.losses[0],
+            final_loss=member.losses[-1],
+            seconds=time.perf_counter() - started,
+        )
+        peft_model = get_peft_model(model, lora_config(spec.lora), revision=revision)
+        try:
+            layers = dict(peft_model.named_modules())
+            with torch.no_grad():
+                for name, (lora_a, lora_b) in routing.weights[index].items():
+                    layer = layers[PEFT_PREFIX + name]
+                    layer.lora_A["default"].weight.copy_(lora_a)
+                    layer.lora_B["default"].weight.copy_(lora_b)
+            record = _provenance(model, revision, spec.lora, spec.train, spec.seed, result)
+            _save_adapter(peft_model, Path(spec.out_dir), record)
+        finally:
+            peft_model.unload()
+    except Exception as error:  # a member that cannot be saved fails alone
+        return error
+    routing.weights[index] = {}  # its weights are saved: free them
+    return result
