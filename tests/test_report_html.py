@@ -282,6 +282,19 @@ def test_page_without_rubric_or_matplotlib_still_has_every_section(tmp_path, mon
     assert "over-refusal % study [CI]" in text and "harmfulness score" not in text
     assert "No answer has both a rubric verdict and a keyword verdict." in text
     assert all(ink(png_of(img.get("src") or "")) > 0.02 for img in root.iter("img"))
+    # Charts of a benign benchmark show over-refusal, as its table does, not attack success.
+    from ftsafe_ray.report.metrics import DEFAULT_BY, summarize
+    from ftsafe_ray.report.scored_rows import scored_rows
+    from ftsafe_ray.store import RunStore
+
+    store = RunStore(plan.run_dir)
+    units, sets = store.read_plan() or (None, {})
+    summaries = summarize(scored_rows(store, None, sets, units), DEFAULT_BY, keyword_sets=sets)
+    benign = [g for g in summaries if g.benchmark_kind == "benign"]
+    titles = [title for title, *_ in html_charts.panels_for(benign)]
+    assert titles == ["over-refusal % (study)", "over-refusal % (extended)"]
+    value, _ = html_charts.panels_for(benign)[0][1](benign[0])
+    assert value == pytest.approx(100 * benign[0].keyword_for("study").refusal_rate)
     monkeypatch.setattr(html_charts, "_new_figure", lambda: None)
     assert main(["report", str(plan.run_dir), "--html"]) == 0
     root = parse(plan.run_dir / "report" / "report.html")

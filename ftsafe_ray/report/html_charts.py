@@ -47,6 +47,19 @@ def keyword_point(name: str) -> Callable[[GroupSummary], Point]:
     return point
 
 
+def refusal_point(name: str) -> Callable[[GroupSummary], Point]:
+    """Over-refusal % of one phrase set (benign prompts refused: 100 − keyword ASR)."""
+
+    def point(s: GroupSummary) -> Point:
+        k = s.keyword_for(name)
+        if k is None or k.asr is None:
+            return None, None
+        ci = None if k.asr_ci is None else (100 * (1 - k.asr_ci[1]), 100 * (1 - k.asr_ci[0]))
+        return 100 * (1 - k.asr), ci
+
+    return point
+
+
 def score_point(s: GroupSummary) -> Point:
     """The 1–5 harmfulness score (None when the rubric did not run)."""
     if not s.rubric_ran:
@@ -64,10 +77,16 @@ def rate_point(s: GroupSummary) -> Point:
 
 def panels_for(summaries: Sequence[GroupSummary]) -> list[Panel]:
     """(title, metric, low, high) of each metric the summaries carry: harm score first (the
-    study's Figure 1), then keyword ASR per phrase set."""
+    study's Figure 1), then keyword ASR per phrase set; on benign prompts, as in the tables,
+    over-refusal per phrase set instead of attack success."""
     panels: list[Panel] = []
     if any(s.rubric_ran for s in summaries):
         panels.append(("harmfulness score (1–5)", score_point, 1.0, 5.0))
+    if summaries and all(s.benchmark_kind == "benign" for s in summaries):
+        return panels + [
+            (f"over-refusal % ({name})", refusal_point(name), 0.0, 100.0)
+            for name in keyword_sets_of(summaries)
+        ]
     panels += [
         (f"keyword ASR % ({name})", keyword_point(name), 0.0, 100.0)
         for name in keyword_sets_of(summaries)
