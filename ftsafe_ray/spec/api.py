@@ -4,13 +4,12 @@ and the hyperparameters its fine-tuning API accepts."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import PurePosixPath
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, field_validator
 
-from ftsafe_ray.spec.common import Strict
+from ftsafe_ray.spec.common import Strict, absolute_key_file
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 # TrainSpec fields the fine-tuning API has a knob for (n_epochs); the rest are local-only.
@@ -56,16 +55,7 @@ class ApiEndpointSpec(Strict):
         "API spend in this campaign (both) would pass this; needs judges.prices.<path>.",
     )
 
-    @field_validator("api_key_file")
-    @classmethod
-    def _absolute_key_file(cls, path: str | None) -> str | None:
-        # As judges.rubric.api_key_file: a relative path would travel with a submitted job.
-        if path is not None and not (path.startswith("~") or PurePosixPath(path).is_absolute()):
-            raise ValueError(
-                f"api_key_file {path!r} is relative; give an absolute path on the node that "
-                "runs the driver, outside the directory you submit"
-            )
-        return path
+    _absolute_key_file = field_validator("api_key_file")(absolute_key_file)
 
     def host(self) -> str:
         """The endpoint's host[:port]: part of every content key of this model's work."""

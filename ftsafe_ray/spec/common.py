@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
@@ -29,3 +30,16 @@ class Strict(BaseModel):
     """A spec section: unknown fields are errors and values never change after validation."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def absolute_key_file(path: str | None) -> str | None:
+    """An `api_key_file` must be absolute (or `~/...`): a relative one would be read from the
+    campaign's directory, which `ray job submit --working-dir` uploads to the cluster, so the
+    key would travel with the code."""
+    if path is not None and not (path.startswith("~") or PurePosixPath(path).is_absolute()):
+        raise ValueError(
+            f"api_key_file {path!r} is relative; give an absolute path on the node that "
+            "runs the driver (e.g. /home/ray/.ftsafe/openai_key), outside the directory "
+            "you submit"
+        )
+    return path

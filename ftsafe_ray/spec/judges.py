@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ftsafe_ray.spec.common import NAME_PATTERN, Strict
+from ftsafe_ray.spec.common import NAME_PATTERN, Strict, absolute_key_file
 
 
 class KeywordSetFile(Strict):
@@ -107,18 +106,7 @@ class RubricJudgeSpec(Strict):
     )
     batch_poll_s: float = Field(30.0, gt=0, description="Seconds between batch status polls.")
 
-    @field_validator("api_key_file")
-    @classmethod
-    def _absolute_key_file(cls, path: str | None) -> str | None:
-        # A relative path would be read from the campaign's directory, which `ray job submit
-        # --working-dir` uploads to the cluster: the key would travel with the code.
-        if path is not None and not (path.startswith("~") or PurePosixPath(path).is_absolute()):
-            raise ValueError(
-                f"api_key_file {path!r} is relative; give an absolute path on the node that "
-                "runs the driver (e.g. /home/ray/.ftsafe/openai_key), outside the directory "
-                "you submit"
-            )
-        return path
+    _absolute_key_file = field_validator("api_key_file")(absolute_key_file)
 
     @field_validator("rubric")
     @classmethod
