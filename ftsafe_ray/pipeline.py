@@ -22,6 +22,7 @@ from ftsafe_ray.spec import CampaignSpec, load_campaign, parse_campaign
 from ftsafe_ray.store import RunStore
 from ftsafe_ray.store.lock import RunLock
 from ftsafe_ray.store.private import private_mkdir
+from ftsafe_ray.store.remote import is_remote
 from ftsafe_ray.store.run_dir import open_run
 
 if TYPE_CHECKING:
@@ -221,7 +222,9 @@ def _run_locked(
         counts=counts,
         location=plan.run_uri or str(plan.run_dir),
     )
-    outcome.report_files = report_run(plan.run_uri or plan.run_dir, console=console, html=True)
+    outcome.report_files = report_run(
+        plan.run_uri or plan.run_dir, console=console, html=True, keep_current_files=True
+    )
     store.write_manifest(
         campaign=plan.spec.name,
         campaign_file=str(Path(campaign_path).resolve()),
@@ -299,6 +302,7 @@ def report_run(
     by_seed: bool = False,
     html: bool = False,
     html_excerpts: int = 0,
+    keep_current_files: bool = False,
 ) -> list[Path]:
     """Print the report tables of a run directory and write its CSV, Markdown and plots.
 
@@ -306,17 +310,28 @@ def report_run(
     that plan labels them; `all_history` reports every answer ever stored there instead, under
     the labels it was stored with. `by_seed` gives one row per fine-tune seed. `html` also
     writes report/report.html, one self-contained page; `html_excerpts` quotes that many
-    answers per group in it (off by default: a run holds harmful text).
+    answers per group in it (off by default: a run holds harmful text). `keep_current_files`:
+    files written from exactly the same stored rows and options are kept, not drawn again
+    (report/freshness.py; a rerun with nothing new).
     """
     from ftsafe_ray.progress import report_console
     from ftsafe_ray.report.files import write_summary_files
     from ftsafe_ray.report.finetune_errors import finetune_errors, render_finetune_errors
+    from ftsafe_ray.report.freshness import current_files, record_inputs, report_inputs
     from ftsafe_ray.report.judge_health import render_judge_tables, write_judge_files
     from ftsafe_ray.report.metrics import BY_CATEGORY, DEFAULT_BY, summarize
     from ftsafe_ray.report.plots import write_plots
     from ftsafe_ray.report.render import render_tables
 
     console = console or report_console()
+    options: dict[str, object] = {
+        "all_history": all_history,
+        "by_seed": by_seed,
+        "html": html,
+        "html_excerpts": html_excerpts,
+    }
+    local = None if is_remote(str(run_dir)) else Path(run_dir)
+    before = report_inputs(local, options) if local is not None else None
     store, spec, units, rows, names = _load_scored(run_dir, console, all_history)
     run_dir = store.root
     main_by = _with_seed(DEFAULT_BY) if by_seed else DEFAULT_BY
@@ -334,6 +349,13 @@ def report_run(
     if not write_files:
         return []
     out_dir = run_dir / "report"
+    # The same inputs before and after reading them: nothing was written meanwhile.
+    inputs = report_inputs(run_dir, options)
+    settled = before == inputs
+    if settled and keep_current_files:
+        kept = current_files(out_dir, inputs)
+        if kept is not None:
+            return kept
     private_mkdir(out_dir)  # reports quote harmful answers: owner-only, see store/private.py
     files = write_summary_files(main, by_category, out_dir)
     files += write_judge_files(rows, out_dir, names)
@@ -342,6 +364,8 @@ def report_run(
         files.append(_write_html_page(store, spec, rows, main, by_category, html_excerpts))
     for path in files:
         store.publish(path)
+    if settled:
+        record_inputs(out_dir, inputs, files)
     return files
 
 
