@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Protocol, TextIO
 
@@ -26,7 +27,12 @@ class Progress(Protocol):
 
 
 class PlainProgress:
-    """One line per update, throttled; readable in a log file."""
+    """One line per update, throttled; readable in a log file.
+
+    Stages report from several threads at once (fine-tuning beside generation, judge passes):
+    each line goes out whole, in one write under a lock. `print` writes the text and its
+    newline apart, and two threads' lines then ran into one (`[fine-tune] start: 2 to do[generate]
+    start: 18 to do`), hiding the second line from anything reading the log line by line."""
 
     def __init__(self, stream: TextIO | None = None, interval_s: float = 5.0):
         self.stream = stream or sys.stdout
@@ -35,40 +41,53 @@ class PlainProgress:
         self.counts: dict[str, int] = {}
         self.started: dict[str, float] = {}
         self.last_line: dict[str, float] = {}
+        self._lock = threading.RLock()
 
     def start(self, stage: str, total: int, done: int = 0) -> None:
-        self.totals[stage], self.counts[stage] = total, done
-        self.started[stage] = self.last_line[stage] = time.monotonic()
-        if done:
-            self._line(stage, f"start: {total - done} to do ({done} of {total} already done)")
-        else:
-            self._line(stage, f"start: {total} to do")
+        with self._lock:
+            self.totals[stage], self.counts[stage] = total, done
+            self.started[stage] = self.last_line[stage] = time.monotonic()
+            if done:
+                self._line(stage, f"start: {total - done} to do ({done} of {total} already done)")
+            else:
+                self._line(stage, f"start: {total} to do")
 
     def extend(self, stage: str, count: int) -> None:
-        if count > 0:
+        if count <= 0:
+            return
+        with self._lock:
             self.totals[stage] = self.totals.get(stage, 0) + count
             self._line(stage, f"+{count} to do ({self.counts.get(stage, 0)}/{self.totals[stage]})")
 
     def advance(self, stage: str, count: int = 1) -> None:
-        self.counts[stage] = self.counts.get(stage, 0) + count
-        now = time.monotonic()
-        if now - self.last_line.get(stage, 0.0) >= self.interval_s:
-            self.last_line[stage] = now
-            self._line(stage, f"{self.counts[stage]}/{self.totals.get(stage, '?')}")
+        with self._lock:
+            self.counts[stage] = self.counts.get(stage, 0) + count
+            now = time.monotonic()
+            if now - self.last_line.get(stage, 0.0) >= self.interval_s:
+                self.last_line[stage] = now
+                self._line(stage, f"{self.counts[stage]}/{self.totals.get(stage, '?')}")
 
     def finish(self, stage: str) -> None:
-        elapsed = time.monotonic() - self.started.get(stage, time.monotonic())
-        total = self.totals.get(stage, 0)
-        self._line(stage, f"done: {self.counts.get(stage, 0)}/{total} in {elapsed:.1f}s")
+        with self._lock:
+            elapsed = time.monotonic() - self.started.get(stage, time.monotonic())
+            total = self.totals.get(stage, 0)
+            self._line(stage, f"done: {self.counts.get(stage, 0)}/{total} in {elapsed:.1f}s")
 
     def log(self, message: str) -> None:
-        print(message, file=self.stream, flush=True)
+        self._write(message)
 
     def close(self) -> None:
-        self.stream.flush()
+        with self._lock:
+            self.stream.flush()
 
     def _line(self, stage: str, text: str) -> None:
-        print(f"[{stage}] {text}", file=self.stream, flush=True)
+        self._write(f"[{stage}] {text}")
+
+    def _write(self, line: str) -> None:
+        """The line and its newline in one write, whole among other threads' lines."""
+        with self._lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
 
 class RichProgress:
