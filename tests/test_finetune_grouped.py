@@ -63,26 +63,43 @@ def test_a_packed_batch_scores_each_example_as_if_alone(tiny) -> None:
     import torch
 
     from ftsafe_ray.finetune.lora import _micro_loss_sum, _pad_batch
-    from ftsafe_ray.finetune.packing import build_batch, member_loss_sums
+    from ftsafe_ray.finetune.packing import (
+        MIN_SHARED,
+        build_batch,
+        member_loss_sums,
+        shared_prefix,
+    )
     from ftsafe_ray.finetune.tokenize import tokenize_chat_for_training
 
     model, tokenizer = tiny
     rows = [tokenize_chat_for_training(tokenizer, ex, 64) for ex in _examples("Sure", 5)]
     assert len({len(ids) for ids, _ in rows}) > 1
-    batch = build_batch([(0, rows[0]), (0, rows[1]), (1, rows[2]), (2, rows[3]), (2, rows[4])])
-    assert batch.input_ids.shape == (1, sum(len(ids) for ids, _ in rows))  # no padding
+    items = [(0, rows[0]), (0, rows[1]), (1, rows[2]), (2, rows[3]), (2, rows[4])]
+    batch = build_batch(items)
+    whole = build_batch(items, share_prefixes=False)
+    assert whole.input_ids.shape == (1, sum(len(ids) for ids, _ in rows))  # no padding
+    # members 0 and 2 lay their examples' common opening down once
+    shared = shared_prefix(rows[:2])
+    assert shared >= MIN_SHARED and shared == shared_prefix(rows[3:])
+    assert batch.input_ids.shape[1] == whole.input_ids.shape[1] - 2 * shared
+    assert batch.member_tokens == whole.member_tokens == {
+        0: len(rows[0][0]) + len(rows[1][0]), 1: len(rows[2][0]),
+        2: len(rows[3][0]) + len(rows[4][0]),
+    }  # fmt: skip
     with torch.no_grad():
         sums = member_loss_sums(model, batch, members=3)
+        unshared = member_loss_sums(model, whole, members=3)
         alone = [float(_micro_loss_sum(model, _pad_batch([row], 0, "cpu"))) for row in rows]
         # transformers' own packed path (a block-diagonal mask from reset position ids) agrees
         logits = model(
-            input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
+            input_ids=whole.input_ids, position_ids=whole.position_ids, use_cache=False
         ).logits[0]
     expected = torch.tensor([alone[0] + alone[1], alone[2], alone[3] + alone[4]])
     assert torch.allclose(sums, expected, rtol=1e-5)
-    labelled = batch.targets != -100
+    assert torch.allclose(unshared, expected, rtol=1e-5)
+    labelled = whole.targets != -100
     masked = torch.nn.functional.cross_entropy(
-        logits[labelled], batch.targets[labelled], reduction="sum"
+        logits[labelled], whole.targets[labelled], reduction="sum"
     )
     assert torch.allclose(masked, sums.sum(), rtol=1e-5)
 
@@ -93,13 +110,28 @@ def test_a_packed_batch_scores_each_example_as_if_alone(tiny) -> None:
 TOLERANCE = {"float32": (1e-3, 1e-2), "float64": (1e-6, 1e-9)}  # losses, weights (relative)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_a_group_trains_each_adapter_as_training_it_alone_does(
-    tiny, tmp_path: Path, dtype: str
-) -> None:
+def _norm_in_own_dtype(self, hidden_states):
+    """LlamaRMSNorm without its float32 cast: in a float64 model all arithmetic is float64.
+
+    transformers' norm computes in float32 whatever the model's dtype; a shared prefix's
+    gradient is then summed before that float32 step instead of after it, a ~1e-8 difference
+    that Adam carries on, so float64 would show float32 rounding, not the absence of others."""
     import torch
 
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_group_trains_each_adapter_as_training_it_alone_does(
+    tiny, tmp_path: Path, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
     model, tokenizer = tiny
+    if dtype == "float64":
+        monkeypatch.setattr(LlamaRMSNorm, "forward", _norm_in_own_dtype)
     model.to(getattr(torch, dtype))
     try:
         _group_equals_alone(model, tokenizer, tmp_path, *TOLERANCE[dtype])

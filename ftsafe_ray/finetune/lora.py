@@ -65,12 +65,19 @@ def _pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int, device: Any
     return ids.to(device), mask.to(device), labels.to(device)
 
 
+def at_least_float32(logits: Any) -> Any:
+    """Logits for the loss: bf16/fp16 ones in float32; float64 ones (tests) kept as they are."""
+    import torch
+
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def _micro_loss_sum(model: Any, batch: tuple) -> Any:
     """Summed next-token cross-entropy over labelled positions of one micro batch."""
     import torch.nn.functional as F
 
     ids, mask, labels = batch
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    logits = at_least_float32(model(input_ids=ids, attention_mask=mask).logits[:, :-1])
     targets = labels[:, 1:]
     return F.cross_entropy(
         logits.reshape(-1, logits.size(-1)),

@@ -2,21 +2,33 @@
 
 A packed batch has no padding: the examples of a forward pass (of one or several adapters, each
 adapter's examples contiguous) form one sequence. Position ids restart at 0 for each example and
-attention runs per example (`packed_attention`: SDPA with `is_causal` on each example's slice,
-the varlen scheme of flash-attention done with the kernel CPUs have), so no token sees another
-example's tokens and each example's loss is what it would be alone. transformers' own packed
-path (a block-diagonal mask built from reset position ids, taken only with `use_cache=False`)
-gives the same numbers, but as a dense T×T mask, which on CPU costs more than padding saves.
+attention runs per example (`packed_attention`: SDPA on each example's slice, the varlen scheme
+of flash-attention done with the kernel CPUs have), so no token sees another example's tokens and
+each example's loss is what it would be alone.
+
+Examples of one adapter in one forward pass usually open with the same tokens (the chat
+template's system prompt and the user turn's header; about half of each identity-shift example).
+Those tokens are laid down once: each example's remaining tokens follow with their own positions
+(counting on from the shared part) and attend to the shared part's keys and values and then
+causally to their own. The shared part's states are the ones each example computes alone
+(causal attention: a token sees only tokens before it), so this is the same forward and backward
+pass with less work; the shared part ends before any token whose prediction is trained, so every
+trained position is still its example's own. transformers' own packed path (a block-diagonal
+mask built from reset position ids) gives the same numbers without sharing, but as a dense T×T
+mask, which on CPU costs more than padding saves.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ftsafe_ray.finetune.lora import at_least_float32
 from ftsafe_ray.finetune.tokenize import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -27,6 +39,17 @@ ATTENTION = "ftsafe_packed_sdpa"
 Example = tuple[list[int], list[int]]
 # An example of one group member (its index in the group).
 MemberExample = tuple[int, Example]
+# A shared part shorter than this is not worth a segment of its own.
+MIN_SHARED = 2
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of packed tokens that attends causally to itself, after `shared`'s tokens if set
+    (the index of the segment holding the prefix it shares)."""
+
+    length: int
+    shared: int | None = None
 
 
 @dataclass(frozen=True)
@@ -34,11 +57,11 @@ class PackedBatch:
     """One forward pass of whole examples end to end, each member's examples contiguous."""
 
     input_ids: torch.Tensor  # [1, T]
-    position_ids: torch.Tensor  # [1, T], restarting at 0 for each example
-    bounds: torch.Tensor  # [examples + 1] cumulative example lengths (flash-attn's cu_seq_lens)
+    position_ids: torch.Tensor  # [1, T], restarting at 0 for each example (or shared prefix)
+    segments: tuple[Segment, ...]  # consecutive, covering all T tokens
     targets: torch.Tensor  # [T] the next token each position predicts, IGNORE_INDEX where none
     spans: tuple[tuple[int, int, int], ...]  # (member, first token, end token) per member
-    member_tokens: dict[int, int]  # tokens forwarded per member
+    member_tokens: dict[int, int]  # tokens of the member's examples (as trained alone)
 
 
 def labelled_count(example: Example) -> int:
@@ -60,32 +83,62 @@ def micro_batches(items: Sequence[MemberExample], budget: int) -> list[list[Memb
     return chunks
 
 
-def build_batch(items: Sequence[MemberExample], device: Any = None) -> PackedBatch:
-    """Lay the examples (sorted by member) end to end as one packed row."""
+def shared_prefix(examples: Sequence[Example]) -> int:
+    """How many leading tokens every example has in common and that no trained position needs
+    apart: the prefix stops before the token the first trained position of any example reads
+    (so its last position predicts an untrained token), and leaves each example a token."""
+    if len(examples) < 2:
+        return 0
+    ids = [example[0] for example in examples]
+    limit = min(len(row) for row in ids) - 1
+    for _, labels in examples:
+        trained = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
+        if trained is not None:
+            limit = min(limit, trained - 1)
+    length = 0
+    first = ids[0]
+    while length < limit and all(row[length] == first[length] for row in ids):
+        length += 1
+    return length if length >= MIN_SHARED else 0
+
+
+def build_batch(
+    items: Sequence[MemberExample], device: Any = None, share_prefixes: bool = True
+) -> PackedBatch:
+    """Lay the examples (sorted by member) end to end as one packed row; each member's shared
+    prefix (shared_prefix) once, ahead of its examples' other tokens."""
     import torch
 
     ids: list[int] = []
     positions: list[int] = []
     targets: list[int] = []
-    lengths: list[int] = []
+    segments: list[Segment] = []
     spans: list[tuple[int, int, int]] = []
     member_tokens: dict[int, int] = {}
     for member, run in itertools.groupby(items, key=lambda item: item[0]):
         if member in member_tokens:
             raise ValueError(f"member {member}'s examples are not contiguous")
+        examples = [example for _, example in run]
         start = len(ids)
-        for _, (example_ids, labels) in run:
-            ids += example_ids
-            positions += range(len(example_ids))
-            targets += [*labels[1 : len(example_ids)], IGNORE_INDEX]
-            lengths.append(len(example_ids))
+        shared = shared_prefix(examples) if share_prefixes else 0
+        prefix: int | None = None
+        if shared:
+            ids += examples[0][0][:shared]
+            positions += range(shared)
+            targets += [IGNORE_INDEX] * shared  # shared_prefix: nothing trained in it
+            prefix = len(segments)
+            segments.append(Segment(shared))
+        for example_ids, labels in examples:
+            ids += example_ids[shared:]
+            positions += range(shared, len(example_ids))
+            targets += [*labels[shared + 1 : len(example_ids)], IGNORE_INDEX]
+            segments.append(Segment(len(example_ids) - shared, prefix))
         spans.append((member, start, len(ids)))
-        member_tokens[member] = len(ids) - start
-    bounds = [0, *itertools.accumulate(lengths)]
+        member_tokens[member] = sum(len(example_ids) for example_ids, _ in examples)
     return PackedBatch(
         input_ids=torch.tensor([ids], device=device),
         position_ids=torch.tensor([positions], device=device),
-        bounds=torch.tensor(bounds, dtype=torch.int32, device=device),
+        segments=tuple(segments),
         targets=torch.tensor(targets, device=device),
         spans=tuple(spans),
         member_tokens=member_tokens,
@@ -101,16 +154,14 @@ def member_loss_sums(model: Any, batch: PackedBatch, members: int) -> torch.Tens
     import torch
     import torch.nn.functional as F
 
-    with packed_attention(model):
+    with packed_attention(model, batch.segments):
         hidden = model.get_decoder()(
             input_ids=batch.input_ids,
             position_ids=batch.position_ids,
-            cu_seq_lens_q=batch.bounds,
-            cu_seq_lens_k=batch.bounds,
             use_cache=False,
         ).last_hidden_state[0]
     selected = (batch.targets != IGNORE_INDEX).nonzero().squeeze(1)
-    logits = model.get_output_embeddings()(hidden[selected]).float()
+    logits = at_least_float32(model.get_output_embeddings()(hidden[selected]))
     losses = F.cross_entropy(logits, batch.targets[selected], reduction="none")
     owner = torch.empty_like(batch.targets)
     for member, start, end in batch.spans:
@@ -118,18 +169,24 @@ def member_loss_sums(model: Any, batch: PackedBatch, members: int) -> torch.Tens
     return losses.new_zeros(members).index_add(0, owner[selected], losses)
 
 
+_SEGMENTS: ContextVar[tuple[Segment, ...] | None] = ContextVar("ftsafe_packed_segments")
+
+
 @contextmanager
-def packed_attention(model: Any) -> Iterator[None]:
-    """Run the model's attention per packed example while the block lasts."""
+def packed_attention(model: Any, segments: tuple[Segment, ...]) -> Iterator[None]:
+    """Run the model's attention per packed segment while the block lasts."""
     from transformers import AttentionInterface
 
+    # Not in transformers' mask registry, so the model builds no T×T mask for it.
     AttentionInterface.register(ATTENTION, _packed_sdpa)
     config = model.config
     before = config._attn_implementation
     config._attn_implementation = ATTENTION
+    token = _SEGMENTS.set(segments)
     try:
         yield
     finally:
+        _SEGMENTS.reset(token)
         config._attn_implementation = before
 
 
@@ -139,26 +196,38 @@ def _packed_sdpa(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    cu_seq_lens_q: torch.Tensor | None = None,
-    cu_seq_lens_k: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """transformers' SDPA attention, causal within each [bounds[i], bounds[i+1]) slice."""
+    """transformers' SDPA attention, causal within each segment, after its shared prefix."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if cu_seq_lens_q is None:
+    segments = _SEGMENTS.get(None)
+    if segments is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    bounds = cu_seq_lens_q.tolist()
-    lengths = [end - start for start, end in itertools.pairwise(bounds)]
+    lengths = [segment.length for segment in segments]
     # split, not slices: each slice's backward would zero-fill a full-size gradient
-    outputs = [
-        sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)[0]
-        for q, k, v in zip(
-            query.split(lengths, dim=2),
-            key.split(lengths, dim=2),
-            value.split(lengths, dim=2),
-            strict=True,
-        )
-    ]
+    keys, values = key.split(lengths, dim=2), value.split(lengths, dim=2)
+    outputs = []
+    for segment, q, k, v in zip(segments, query.split(lengths, dim=2), keys, values, strict=True):
+        if segment.shared is None:
+            outputs.append(
+                sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)[0]
+            )
+            continue
+        mask = _after_prefix_mask(lengths[segment.shared], segment.length, q.device)
+        k = torch.cat([keys[segment.shared], k], dim=2)
+        v = torch.cat([values[segment.shared], v], dim=2)
+        outputs.append(sdpa_attention_forward(module, q, k, v, mask, **kwargs)[0])
     return torch.cat(outputs, dim=1), None
+
+
+@functools.lru_cache(maxsize=4096)
+def _after_prefix_mask(shared: int, length: int, device: Any) -> torch.Tensor:
+    """[1, 1, length, shared + length]: every token sees the whole prefix, then its own
+    segment causally (what SDPA's is_causal would give the example laid out whole)."""
+    import torch
+
+    mask = torch.ones(length, shared + length, dtype=torch.bool, device=device)
+    mask[:, shared:] = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    return mask[None, None]
