@@ -102,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     from ftsafe_ray.finetune.grouped import GroupMember, train_lora_group
     from ftsafe_ray.finetune.lora import train_lora
     from ftsafe_ray.models import load_model_and_tokenizer, resolve_model_path
+    from ftsafe_ray.models.malloc import keep_freed_memory
 
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as a FineTuner actor does, for both paths
     model, tokenizer = load_model_and_tokenizer(resolve_model_path(args.model))
     plan = adapters(args.adapters, args.quick)
     out = Path(tempfile.mkdtemp(prefix="bench-finetune-"))

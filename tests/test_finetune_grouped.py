@@ -271,6 +271,31 @@ def test_groups_share_base_and_lora_shape_and_are_capped() -> None:
     assert [len(g) for g in form_groups(units, group_size=1)] == [1] * 5
 
 
+def test_a_rerun_trains_the_groups_an_uninterrupted_run_formed() -> None:
+    """Groups come from the whole plan, so what a stopped run left pending is the same groups;
+    a group's rows land together, so a stop leaves whole groups pending."""
+    from ftsafe_ray.finetune.stage import pending_groups
+
+    units = [_unit(f"u{i}") for i in range(7)] + [_unit("r4", r=4)]
+    first = pending_groups(units, {u.key for u in units}, group_size=3, num_actors=1)
+    assert [[u.key for u in g] for g in first] == [
+        ["u0", "u1", "u2"],
+        ["u3", "u4", "u5"],
+        ["u6"],
+        ["r4"],
+    ]
+    # the first group landed: the rest are the groups the first run would have trained next;
+    # formed from the pending units alone, two actors would split them otherwise (u3 u4 / u5 u6)
+    left = {"u3", "u4", "u5", "u6", "r4"}
+    assert pending_groups(units, left, group_size=3, num_actors=2) != form_groups(
+        [u for u in units if u.key in left], group_size=3, num_actors=2
+    )
+    again = pending_groups(units, left, group_size=3, num_actors=1)
+    assert [[u.key for u in g] for g in again] == [["u3", "u4", "u5"], ["u6"], ["r4"]]
+    # a failed unit's row is an error: on --retry-failed it alone is pending, in its group's place
+    assert [[u.key for u in g] for g in pending_groups(units, {"u1"}, 3, 1)] == [["u1"]]
+
+
 def test_the_stage_trains_a_group_and_a_unit_of_another_rank_alone(
     ray_local, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -36,9 +36,11 @@ class FineTuner:
         num_threads: int | None = None,
         revision: str | None = None,
     ):
+        from ftsafe_ray.models.malloc import keep_freed_memory
         from ftsafe_ray.models.resolve import resolve_model_path, use_torch_threads
 
         use_torch_threads(num_threads)
+        keep_freed_memory()  # steps reuse their activations' memory (models/malloc.py)
         self.dtype = dtype
         self.revision = revision
         self.model_path = resolve_model_path(model_path)

@@ -73,13 +73,34 @@ def form_groups(
     return sorted(groups, key=lambda group: position[id(group[0])])
 
 
+def plan_units(plan: Plan) -> list[tuple[str, FinetuneUnit]]:
+    """The plan's fine-tunes by key, each once, in plan order."""
+    return list({unit.key: unit for unit in plan.finetunes}.items())
+
+
+def pending_groups(
+    planned: list[FinetuneUnit], pending: set[str], group_size: int, num_actors: int
+) -> list[tuple[FinetuneUnit, ...]]:
+    """The groups to train now: formed from every planned unit, done or not, then narrowed to
+    the pending ones. A group's rows land together (FineTuner.train_group returns them at
+    once), so a run stopped mid-group finds that whole group pending and trains the very same
+    group again: its adapters come out as an uninterrupted run's (bit for bit on the same
+    machine). Only a group some of whose units failed (their rows are errors) is smaller on
+    `--retry-failed`."""
+    groups = [
+        tuple(unit for unit in group if unit.key in pending)
+        for group in form_groups(planned, group_size, num_actors)
+    ]
+    return [group for group in groups if group]
+
+
 def pending_finetunes(
     plan: Plan, store: RunStore, retry_failed: bool = False
 ) -> tuple[list[FinetuneUnit], int]:
     """Units not yet trained (deduplicated by key), and how many are already done."""
     ok = store.finetunes.done_keys({"ok"})
     failed = store.finetunes.done_keys({"error"})
-    unique = {unit.key: unit for unit in plan.finetunes}
+    unique = dict(plan_units(plan))
     pending = [
         unit
         for key, unit in unique.items()
@@ -146,15 +167,21 @@ def run_finetune_stage(
     remote_keys = {unit.key for unit in remote}
     local = [unit for unit in pending if unit.key not in remote_keys]
     resources = plan.spec.finetune_resources
+    planned = [unit for unit in dict(plan_units(plan)).values() if unit.key not in remote_keys]
     for model_name in dict.fromkeys(unit.model for unit in local):
-        units = [unit for unit in local if unit.model == model_name]
+        groups = pending_groups(
+            [unit for unit in planned if unit.model == model_name],
+            {unit.key for unit in local},
+            resources.group_size,
+            resources.num_actors,
+        )
         rows += _train_on_actors(
             plan,
             store,
             progress,
             plan.model_path(model_name),
             plan.model_revision(model_name),
-            form_groups(units, resources.group_size, resources.num_actors),
+            groups,
             "train",
             STAGE,
             num_actors=resources.num_actors,

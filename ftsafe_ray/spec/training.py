@@ -156,9 +156,11 @@ class FinetuneResources(Strict):
     num_gpus: float = Field(0.0, ge=0)
     num_cpus: float = Field(1.0, ge=0)
     group_size: int = Field(
-        1,
+        8,
         ge=1,
         description="Most fine-tunes of one base model with the same LoRA rank, targets and "
-        "precision (and no LoRA dropout) trained together in one loop, each as if alone (to "
-        "floating-point rounding); 1 (the default) trains one at a time.",
+        "precision (and no LoRA dropout) trained together in one packed loop, each as if alone "
+        "(to floating-point rounding; same key, same files). A forward pass holds no more tokens "
+        "than a micro batch of one of them alone, so only each adapter's own weights and "
+        "optimiser state add memory. 1 trains one at a time.",
     )
