@@ -54,7 +54,17 @@ class FineTuner:
         )
 
     def train(self, unit: Any, adapter_dir: str, counter: Any = None) -> dict[str, Any]:
-        """Train the unit's adapter into adapter_dir; return its finetunes-table row."""
+        """Train the unit's adapter into adapter_dir; return its finetunes-table row.
+
+        Through the packed loop as a group of one where it can (no padding, shared openings laid
+        down once, logits only where trained: grouped.py); else with `train_lora`."""
+        if not unit.lora.dropout:
+            [row] = self.train_group([unit], [adapter_dir], counter)
+            return row
+        return self.train_alone(unit, adapter_dir, counter)
+
+    def train_alone(self, unit: Any, adapter_dir: str, counter: Any = None) -> dict[str, Any]:
+        """Train the unit's adapter with `train_lora` (padded micro batches, peft's layers)."""
         from ftsafe_ray.finetune.lora import train_lora
         from ftsafe_ray.store.remote import remote_output
 
@@ -105,7 +115,9 @@ class FineTuner:
         except UngroupableError:
             for output in outputs:
                 output.close()
-            return [self.train(u, d, counter) for u, d in zip(units, adapter_dirs, strict=True)]
+            return [
+                self.train_alone(u, d, counter) for u, d in zip(units, adapter_dirs, strict=True)
+            ]
         except Exception as error:  # the whole group failed: one error row per unit
             for output in outputs:
                 with contextlib.suppress(Exception):

@@ -73,9 +73,9 @@ def form_groups(
     return sorted(groups, key=lambda group: position[id(group[0])])
 
 
-def plan_units(plan: Plan) -> list[tuple[str, FinetuneUnit]]:
+def plan_units(plan: Plan) -> dict[str, FinetuneUnit]:
     """The plan's fine-tunes by key, each once, in plan order."""
-    return list({unit.key: unit for unit in plan.finetunes}.items())
+    return {unit.key: unit for unit in plan.finetunes}
 
 
 def pending_groups(
@@ -100,7 +100,7 @@ def pending_finetunes(
     """Units not yet trained (deduplicated by key), and how many are already done."""
     ok = store.finetunes.done_keys({"ok"})
     failed = store.finetunes.done_keys({"error"})
-    unique = dict(plan_units(plan))
+    unique = plan_units(plan)
     pending = [
         unit
         for key, unit in unique.items()
@@ -167,7 +167,7 @@ def run_finetune_stage(
     remote_keys = {unit.key for unit in remote}
     local = [unit for unit in pending if unit.key not in remote_keys]
     resources = plan.spec.finetune_resources
-    planned = [unit for unit in dict(plan_units(plan)).values() if unit.key not in remote_keys]
+    planned = list(plan_units(plan).values())
     for model_name in dict.fromkeys(unit.model for unit in local):
         groups = pending_groups(
             [unit for unit in planned if unit.model == model_name],
