@@ -481,6 +481,10 @@ def test_a_driver_stopped_after_paid_verdicts_never_pays_for_them_again(
         driver = Driver.start(campaign, tmp_path / "stopped.log")
         assert driver.wait_for_line("[rubric] start"), driver.output()
         assert wait_for_paid_verdicts(run_dir, driver), "the judge stage ended before a flush"
+        # From here on the judge answers slowly, so the stop lands inside the judge stage however
+        # fast the stage ran until now (a loaded CI box once ran it to the end within the 0.3 s
+        # before the signal); requests already in flight keep their delay.
+        server.set_latency(2.0, 2.0)
         if stop == "SIGKILL":
             # `ftsafe report` on the live run: the plan's 40 units, what is judged so far.
             live = live_report(run_dir)
@@ -508,6 +512,7 @@ def test_a_driver_stopped_after_paid_verdicts_never_pays_for_them_again(
         }
         assert paid
 
+        server.set_latency(0.3, 0.5, seed=7)
         rerun_from = len(server.chat_requests)
         run_to_completion(campaign)
         final = table_rows(run_dir)
