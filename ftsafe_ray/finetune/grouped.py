@@ -76,20 +76,69 @@ class GroupedLoraLinear(nn.Module):
         self.routing = routing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
         spans = self.routing.spans
         flat = x.reshape(-1, x.shape[-1])
         if spans[-1][2] != flat.shape[0]:
             raise RuntimeError(f"{self.name}: {flat.shape[0]} tokens, {spans[-1][2]} routed")
-        # split, not slices: a slice's backward zero-fills a full-size gradient per span
-        parts = flat.split([end - start for _, start, end in spans])
-        deltas = []
-        for (member, _, _), part in zip(spans, parts, strict=True):
-            lora_a, lora_b = self.routing.weights[member][self.name]
-            # peft's B(A(x)) * scaling, the scaling applied to the rank-r product (cheaper)
-            deltas.append(((part @ lora_a.t()) * self.routing.scales[member]) @ lora_b.t())
-        delta = deltas[0] if len(deltas) == 1 else torch.cat(deltas)
-        return out + delta.view(out.shape)
+        bounds = tuple((start, end) for _, start, end in spans)
+        scales = tuple(self.routing.scales[member] for member, _, _ in spans)
+        lora = [w for member, _, _ in spans for w in self.routing.weights[member][self.name]]
+        out = _GroupedLora.apply(flat, self.base.weight, self.base.bias, bounds, scales, *lora)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+class _GroupedLora(torch.autograd.Function):
+    """x W^T + b, plus s_i (x_i A_i^T) B_i^T on each member's rows x_i, and its backward.
+
+    The same products autograd would record for the plain expression (peft's B(A(x)) * s, the
+    scaling applied to the rank-r product), with each member's delta added in place into its
+    rows of the output, and each member's input gradient into its rows of the input's: no
+    per-member copies, concatenation or full-size sum in either direction. The base weight is
+    frozen (the loop freezes it), so it gets no gradient.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        bounds: tuple[tuple[int, int], ...],
+        scales: tuple[float, ...],
+        *lora: torch.Tensor,
+    ) -> torch.Tensor:
+        # under autocast, compute in its dtype as F.linear and matmul would
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        x, weight = x.to(dtype), weight.to(dtype)
+        lora = tuple(w.to(dtype) for w in lora)
+        out = torch.nn.functional.linear(x, weight, None if bias is None else bias.to(dtype))
+        mids = []
+        for k, (start, end) in enumerate(bounds):
+            lora_a, lora_b = lora[2 * k], lora[2 * k + 1]
+            mid = (x[start:end] @ lora_a.t()).mul_(scales[k])
+            out[start:end].addmm_(mid, lora_b.t())
+            mids.append(mid)
+        ctx.bounds, ctx.scales = bounds, scales
+        ctx.save_for_backward(x, weight, *lora, *mids)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, *rest = ctx.saved_tensors
+        members = len(ctx.bounds)
+        lora, mids = rest[: 2 * members], rest[2 * members :]
+        grad_out = grad_out.to(x.dtype)
+        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
+        grads: list[torch.Tensor | None] = []
+        for k, (start, end) in enumerate(ctx.bounds):
+            lora_a, lora_b = lora[2 * k], lora[2 * k + 1]
+            grad_part = grad_out[start:end]
+            grad_mid = (grad_part @ lora_b).mul_(ctx.scales[k])
+            grads += [grad_mid.t() @ x[start:end], grad_part.t() @ mids[k]]
+            if grad_x is not None:
+                grad_x[start:end].addmm_(grad_mid, lora_a)
+        return (grad_x, None, None, None, None, *grads)
 
 
 @dataclass
@@ -123,12 +172,13 @@ def train_lora_group(
     was_training = model.training
     rng_state = torch.random.get_rng_state()
     live: dict[int, _Member] = {}
+    carrier = _PeftCarrier(model, revision)
     try:
         names = None
         for index, spec in enumerate(members):
             try:
                 rows = _tokenize(tokenizer, spec)
-                weights, scale, params = _peft_init(model, spec.lora, spec.seed, revision)
+                weights, scale, params = carrier.start(index, spec.lora, spec.seed)
             except UngroupableError:
                 raise
             except Exception as error:  # one member's bad data fails that member only
@@ -144,8 +194,9 @@ def train_lora_group(
             routing.scales.append(scale)
             live[index] = _start_member(spec, rows, params)
         if names is not None:
-            _run(model, live, routing, names, results, revision, started)
+            _run(model, live, routing, names, results, carrier, started)
     finally:
+        carrier.close()
         for name, p in model.named_parameters():
             p.requires_grad_(requires_grad.get(name, p.requires_grad))
         model.train(was_training)
@@ -175,36 +226,99 @@ def _tokenize(tokenizer: Any, spec: GroupMember) -> list[Example]:
     ]
 
 
-def _peft_init(
-    model: Any, lora: LoraSpec, seed: int, revision: str | None
-) -> tuple[dict[str, tuple[nn.Parameter, nn.Parameter]], float, list[nn.Parameter]]:
-    """The LoRA weights peft creates for this seed (what train_lora starts from), by module."""
-    from peft import get_peft_model
-    from peft.tuners.lora import Linear as PeftLoraLinear
+class _PeftCarrier:
+    """One peft model for the whole group (get_peft_model once, not twice per member).
 
-    torch.manual_seed(seed)
-    peft_model = get_peft_model(model, lora_config(lora), revision=revision)
-    try:
-        output = model.get_output_embeddings()
+    `start` draws a member's initial LoRA weights as `train_lora` does: the member's seed, then
+    peft creating its adapter (the group's first through get_peft_model, the others through
+    add_adapter, which makes the same draws in the same module order). `save` writes a trained
+    member through the "default" adapter, its weights and config swapped in, so the files are
+    the ones `train_lora` writes. While the loop runs, the targeted layers are wrapped around
+    peft's base layers (`_install`); `close` takes peft off the model.
+    """
+
+    def __init__(self, model: Any, revision: str | None) -> None:
+        self.model, self.revision = model, revision
+        self.peft_model: Any = None
+        self.configs: dict[int, Any] = {}  # each member's adapter config, as peft filled it in
+
+    def start(
+        self, index: int, lora: LoraSpec, seed: int
+    ) -> tuple[dict[str, tuple[nn.Parameter, nn.Parameter]], float, list[nn.Parameter]]:
+        """The member's initial LoRA weights by module, its scaling, and its parameters in the
+        order peft lists them (A then B of each module, in module order: AdamW's order)."""
+        from peft import get_peft_model
+
+        config = lora_config(lora)
+        torch.manual_seed(seed)
+        if self.peft_model is None:
+            self.peft_model = get_peft_model(self.model, config, revision=self.revision)
+            adapter = "default"
+        else:
+            adapter = f"member{index}"
+            first = self.peft_model.peft_config["default"]
+            # what get_peft_model sets on a config before it creates the adapter
+            config.base_model_name_or_path = first.base_model_name_or_path
+            config.revision = first.revision
+            self.peft_model.add_adapter(adapter, config)
+        try:
+            config = self.configs[index] = self.peft_model.peft_config[adapter]
+            if adapter != "default":
+                # peft's 'all-linear' expansion is a set: the first member's (made as
+                # get_peft_model makes it for an adapter trained alone) keeps the saved
+                # config's order of module names the one train_lora writes
+                first_targets = self.peft_model.peft_config["default"].target_modules
+                if set(config.target_modules) == set(first_targets):
+                    config.target_modules = first_targets
+            return self._weights(adapter)
+        finally:
+            if adapter != "default":
+                self.peft_model.delete_adapter(adapter)
+
+    def _weights(
+        self, adapter: str
+    ) -> tuple[dict[str, tuple[nn.Parameter, nn.Parameter]], float, list[nn.Parameter]]:
+        from peft.tuners.lora import Linear as PeftLoraLinear
+
+        output = self.model.get_output_embeddings()
         weights: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
         scales = set()
-        for name, module in peft_model.named_modules():
+        for name, module in self.peft_model.named_modules():
             if not hasattr(module, "lora_A"):
                 continue
             if not isinstance(module, PeftLoraLinear) or module.base_layer is output:
                 raise UngroupableError(f"{name}: only linear layers below the head can be grouped")
-            lora_a = cast(nn.Linear, module.lora_A["default"])
-            lora_b = cast(nn.Linear, module.lora_B["default"])
+            lora_a = cast(nn.Linear, module.lora_A[adapter])
+            lora_b = cast(nn.Linear, module.lora_B[adapter])
             weights[name.removeprefix(PEFT_PREFIX)] = (
                 nn.Parameter(lora_a.weight.detach().clone()),
                 nn.Parameter(lora_b.weight.detach().clone()),
             )
-            scales.add(module.scaling["default"])
-        # AdamW in the order peft lists its parameters: A then B of each module, in module order
+            scales.add(module.scaling[adapter])
         params = [p for pair in weights.values() for p in pair]
-    finally:
-        peft_model.unload()
-    return weights, scales.pop(), params
+        return weights, scales.pop(), params
+
+    def save(
+        self,
+        index: int,
+        weights: dict[str, tuple[nn.Parameter, nn.Parameter]],
+        out_dir: Path,
+        record: dict[str, Any],
+    ) -> None:
+        """Save a member's trained weights (the targeted layers must be peft's again)."""
+        layers = dict(self.peft_model.named_modules())
+        with torch.no_grad():
+            for name, (lora_a, lora_b) in weights.items():
+                layer = layers[PEFT_PREFIX + name]
+                layer.lora_A["default"].weight.copy_(lora_a)
+                layer.lora_B["default"].weight.copy_(lora_b)
+        self.peft_model.peft_config["default"] = self.configs[index]
+        _save_adapter(self.peft_model, out_dir, record)
+
+    def close(self) -> None:
+        if self.peft_model is not None:
+            self.peft_model.unload()
+            self.peft_model = None
 
 
 def _start_member(spec: GroupMember, rows: list[Example], params: list[nn.Parameter]) -> _Member:
@@ -230,7 +344,7 @@ def _run(
     routing: Routing,
     names: list[str],
     results: list[TrainResult | Exception | None],
-    revision: str | None,
+    carrier: _PeftCarrier,
     started: float,
 ) -> None:
     """The loop: step k of every member still in its schedule, then save those that end."""
@@ -278,7 +392,7 @@ def _run(
                 if step == len(member.steps):
                     del live[index]
                     _uninstall(model, originals)
-                    results[index] = _finish(model, member, routing, index, revision, started)
+                    results[index] = _finish(carrier, member, routing, index, started)
                     _install(model, originals, routing)
     except Exception as error:  # the shared loop failed: every member still in it failed
         for index in live:
@@ -289,12 +403,13 @@ def _run(
 
 
 def _install(model: Any, originals: dict[str, nn.Module], routing: Routing) -> None:
-    """Put a GroupedLoraLinear around each targeted layer; freeze the base."""
+    """Put a GroupedLoraLinear around each targeted layer (peft's base layer); freeze the base."""
     for p in model.parameters():
         p.requires_grad_(False)
-    for name, base in originals.items():
+    for name, original in originals.items():
         parent, _, child = name.rpartition(".")
-        wrapper = GroupedLoraLinear(base, name, routing)  # type: ignore[arg-type]
+        base = getattr(original, "base_layer", original)
+        wrapper = GroupedLoraLinear(base, name, routing)
         setattr(model.get_submodule(parent), child, wrapper)
     model.train()
 
@@ -306,11 +421,9 @@ def _uninstall(model: Any, originals: dict[str, nn.Module]) -> None:
 
 
 def _finish(
-    model: Any, member: _Member, routing: Routing, index: int, revision: str | None, started: float
+    carrier: _PeftCarrier, member: _Member, routing: Routing, index: int, started: float
 ) -> TrainResult | Exception:
     """Save a member that ended its schedule, through peft, as train_lora saves an adapter."""
-    from peft import get_peft_model
-
     spec = member.spec
     try:
         result = TrainResult(
@@ -322,18 +435,10 @@ def _finish(
             final_loss=member.losses[-1],
             seconds=time.perf_counter() - started,
         )
-        peft_model = get_peft_model(model, lora_config(spec.lora), revision=revision)
-        try:
-            layers = dict(peft_model.named_modules())
-            with torch.no_grad():
-                for name, (lora_a, lora_b) in routing.weights[index].items():
-                    layer = layers[PEFT_PREFIX + name]
-                    layer.lora_A["default"].weight.copy_(lora_a)
-                    layer.lora_B["default"].weight.copy_(lora_b)
-            record = _provenance(model, revision, spec.lora, spec.train, spec.seed, result)
-            _save_adapter(peft_model, Path(spec.out_dir), record)
-        finally:
-            peft_model.unload()
+        record = _provenance(
+            carrier.model, carrier.revision, spec.lora, spec.train, spec.seed, result
+        )
+        carrier.save(index, routing.weights[index], Path(spec.out_dir), record)
     except Exception as error:  # a member that cannot be saved fails alone
         return error
     routing.weights[index] = {}  # its weights are saved: free them
