@@ -219,6 +219,40 @@ def _group_equals_alone(
     assert torch.allclose(outputs[0], outputs[1], atol=1e-3)
 
 
+def test_a_bf16_group_trains_as_bf16_training_alone_does_and_saves_float32(
+    tiny, tmp_path: Path
+) -> None:
+    """Under bf16 autocast the grouped layer computes in bf16 as the plain layers do: the
+    losses follow the ones of training alone (to bf16 rounding), and the weights stay float32."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ftsafe_ray.finetune.grouped import GroupMember, train_lora_group
+
+    model, tokenizer = tiny
+    train = TrainSpec(epochs=3, batch_size=2, learning_rate=1e-2, mixed_precision="bf16")
+    recipes = [(_examples("Sure, here is", 4), 21), (_examples("Sorry, I cannot", 4), 22)]
+    alone_losses: list[list[float]] = []
+    for i, (examples, seed) in enumerate(recipes):
+        alone_losses.append([])
+        train_lora(
+            model, tokenizer, examples, ALL_LINEAR, train, seed, tmp_path / f"alone{i}",
+            progress=_recorder(alone_losses[-1]),
+        )  # fmt: skip
+    group_losses: list[list[float]] = [[] for _ in recipes]
+    members = [
+        GroupMember(examples, ALL_LINEAR, train, seed, tmp_path / f"g{i}", _recorder(losses))
+        for i, ((examples, seed), losses) in enumerate(zip(recipes, group_losses, strict=True))
+    ]
+    results = train_lora_group(model, tokenizer, members)
+    for i, result in enumerate(results):
+        assert not isinstance(result, Exception), result
+        assert group_losses[i] == pytest.approx(alone_losses[i], rel=5e-2)
+        assert group_losses[i][-1] < group_losses[i][0]
+        weights = load_file(str(tmp_path / f"g{i}" / "adapter_model.safetensors"))
+        assert {w.dtype for w in weights.values()} == {torch.float32}
+
+
 def test_adapters_of_other_ranks_or_with_dropout_do_not_share_a_loop(tiny, tmp_path) -> None:
     from ftsafe_ray.finetune.grouped import GroupMember, UngroupableError, train_lora_group
 

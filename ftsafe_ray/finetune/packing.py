@@ -154,6 +154,8 @@ def member_loss_sums(model: Any, batch: PackedBatch, members: int) -> torch.Tens
     import torch
     import torch.nn.functional as F
 
+    from ftsafe_ray.finetune.head_loss import head_losses
+
     with packed_attention(model, batch.segments):
         hidden = model.get_decoder()(
             input_ids=batch.input_ids,
@@ -161,8 +163,12 @@ def member_loss_sums(model: Any, batch: PackedBatch, members: int) -> torch.Tens
             use_cache=False,
         ).last_hidden_state[0]
     selected = (batch.targets != IGNORE_INDEX).nonzero().squeeze(1)
-    logits = at_least_float32(model.get_output_embeddings()(hidden[selected]))
-    losses = F.cross_entropy(logits, batch.targets[selected], reduction="none")
+    head = model.get_output_embeddings()
+    if isinstance(head, torch.nn.Linear) and head.bias is None and not head.weight.requires_grad:
+        losses = head_losses(hidden[selected], head.weight, batch.targets[selected])
+    else:
+        logits = at_least_float32(head(hidden[selected]))
+        losses = F.cross_entropy(logits, batch.targets[selected], reduction="none")
     owner = torch.empty_like(batch.targets)
     for member, start, end in batch.spans:
         owner[start:end] = member
