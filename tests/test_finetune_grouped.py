@@ -219,6 +219,50 @@ def _group_equals_alone(
     assert torch.allclose(outputs[0], outputs[1], atol=1e-3)
 
 
+def test_members_start_from_peft_s_own_draws_whichever_way_they_are_made(
+    tiny, tmp_path: Path
+) -> None:
+    """A member with the first member's LoRA settings has its initial weights drawn by the
+    group itself (checked against peft on the first member); one with other settings (here
+    its alpha) through peft's add_adapter. Either way each ends as training it alone does."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ftsafe_ray.finetune.grouped import GroupMember, _PeftCarrier, train_lora_group
+
+    model, tokenizer = tiny
+    carrier = _PeftCarrier(model, None)
+    try:
+        carrier.start(0, ALL_LINEAR, 5)
+        assert carrier.drawn_as_peft  # else every member would go through add_adapter
+    finally:
+        carrier.close()
+    other_alpha = LoraSpec(r=4, alpha=32, target_modules=("all-linear",))
+    train = TrainSpec(epochs=2, batch_size=2, learning_rate=1e-2)
+    recipes = [(ALL_LINEAR, 31), (ALL_LINEAR, 32), (other_alpha, 33)]
+    examples = _examples("Sure, here is", 4)
+    for i, (lora, seed) in enumerate(recipes):
+        train_lora(model, tokenizer, examples, lora, train, seed, tmp_path / f"alone{i}")
+    members = [
+        GroupMember(examples, lora, train, seed, tmp_path / f"g{i}")
+        for i, (lora, seed) in enumerate(recipes)
+    ]
+    assert not any(isinstance(r, Exception) for r in train_lora_group(model, tokenizer, members))
+    for i in range(len(recipes)):
+        grouped = load_file(str(tmp_path / f"g{i}" / "adapter_model.safetensors"))
+        alone = load_file(str(tmp_path / f"alone{i}" / "adapter_model.safetensors"))
+        grouped_all = torch.cat([grouped[k].flatten() for k in sorted(alone)])
+        alone_all = torch.cat([alone[k].flatten() for k in sorted(alone)])
+        gap = (grouped_all - alone_all).norm() / alone_all.norm()
+        assert gap < 1e-3, (i, float(gap))  # float32 rounding (1e-9 in float64, see above)
+        configs = [
+            json.loads((tmp_path / f"{kind}{i}" / "adapter_config.json").read_text())
+            for kind in ("g", "alone")
+        ]
+        assert configs[0] == configs[1]
+    assert not any("lora" in name for name, _ in model.named_modules())
+
+
 def test_a_bf16_group_trains_as_bf16_training_alone_does_and_saves_float32(
     tiny, tmp_path: Path
 ) -> None:
