@@ -10,7 +10,11 @@ r=16 on all linear layers, lr 1e-3, batch 10 (micro batch 10), max_length 256, f
 (b) grouped: `train_lora_group` for all of them, what a FineTuner does for a group.
 Both run in this process on the same loaded base, after a warm-up step. Tokens/s counts the
 non-padding tokens forwarded (the same count both ways); the final losses of (a) and (b) are
-compared as a check that (b) trained the same adapters. The last line is one JSON object.
+compared as a check that (b) trained the same adapters. Both paths are bound by their matmuls
+on a CPU, so the summary also gives `matmul_work_ratio`: the base's multiply-adds of (a) over
+(b), counted from the runs' own forward passes (what grouping saves: padding, logits at prompt
+positions, shared openings), the ratio's ceiling at equal speed per multiply-add; and each
+path's `achieved_gflops`. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -95,6 +99,52 @@ def machine() -> dict[str, Any]:
     }
 
 
+class Work:
+    """Token rows each path sends through the base's body and through its output head, counted
+    from the real runs (its forward passes are wrapped, not simulated)."""
+
+    def __init__(self, body_macs: int, head_macs: int) -> None:
+        self.body_macs, self.head_macs = body_macs, head_macs
+        self.rows = {"sequential": 0, "grouped": 0}
+        self.head = {"sequential": 0, "grouped": 0}
+        self.counting = False
+
+    def macs(self, path: str) -> int:
+        return self.rows[path] * self.body_macs + self.head[path] * self.head_macs
+
+
+def count_work(model: Any) -> Work:
+    """Wrap both paths' forward passes to count their token rows (sequential: the padded micro
+    batch, logits at every position; grouped: the packed row, logits at trained positions)."""
+    from torch import nn
+
+    from ftsafe_ray.finetune import grouped, lora
+
+    head = model.get_output_embeddings()
+    body = sum(
+        m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear) and m is not head
+    )
+    work = Work(body, head.weight.numel())
+    micro_loss_sum, member_loss_sums = lora._micro_loss_sum, grouped.member_loss_sums
+
+    def sequential(peft_model: Any, batch: tuple) -> Any:
+        if work.counting:
+            work.rows["sequential"] += batch[0].numel()
+            work.head["sequential"] += batch[0].numel()  # the model's logits at every position
+        return micro_loss_sum(peft_model, batch)
+
+    def packed(model: Any, batch: Any, members: int) -> Any:
+        if work.counting:
+            work.rows["grouped"] += batch.input_ids.numel()
+            work.head["grouped"] += int((batch.targets != -100).sum())
+        return member_loss_sums(model, batch, members)
+
+    lora._micro_loss_sum = sequential  # type: ignore[assignment]
+    grouped.member_loss_sums = packed  # type: ignore[assignment]
+    work.counting = True
+    return work
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -118,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     train_lora(model, tokenizer, examples[:10], lora, warm, seed, out / "warm")
     train_lora_group(model, tokenizer, [GroupMember(examples[:10], lora, warm, seed, out / "w")])
 
+    work = count_work(model)
     started = time.perf_counter()
     sequential = [
         train_lora(model, tokenizer, ex, lora, train, seed, out / f"seq{i}")
@@ -139,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         raise failed[0]
 
     tokens = sum(r.trained_tokens for r in sequential)
+    macs = {path: work.macs(path) for path in ("sequential", "grouped")}
+    print(
+        f"matmul work: sequential {work.rows['sequential']} token rows through the body and "
+        f"{work.head['sequential']} through the head (padding included); grouped "
+        f"{work.rows['grouped']} and {work.head['grouped']}"
+    )
     gaps = [
         abs(g.final_loss - s.final_loss) / abs(s.final_loss)
         for g, s in zip(grouped, sequential, strict=True)
@@ -151,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
             "grouped": round(tokens / grouped_s, 1),
         },
         "seconds": {"sequential": round(sequential_s, 1), "grouped": round(grouped_s, 1)},
+        # what bounds the ratio where both paths are bound by their matmuls: the base's
+        # multiply-adds each path did (LoRA's own, under 4% here, left out)
+        "matmul_work_ratio": round(macs["sequential"] / macs["grouped"], 3),
+        "achieved_gflops": {  # 2 FLOPs per multiply-add, forward and input gradient
+            "sequential": round(4 * macs["sequential"] / sequential_s / 1e9, 1),
+            "grouped": round(4 * macs["grouped"] / grouped_s / 1e9, 1),
+        },
         "adapters": len(plan),
         "steps": steps,
         "tokens": tokens,

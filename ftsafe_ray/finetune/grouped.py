@@ -447,7 +447,7 @@ def _install(model: Any, originals: dict[str, nn.Module], routing: Routing) -> N
         p.requires_grad_(False)
     for name, original in originals.items():
         parent, _, child = name.rpartition(".")
-        base = getattr(original, "base_layer", original)
+        base = cast(nn.Linear, getattr(original, "base_layer", original))
         wrapper = GroupedLoraLinear(base, name, routing)
         setattr(model.get_submodule(parent), child, wrapper)
     model.train()
