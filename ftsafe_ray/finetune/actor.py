@@ -56,12 +56,11 @@ class FineTuner:
     def train(self, unit: Any, adapter_dir: str, counter: Any = None) -> dict[str, Any]:
         """Train the unit's adapter into adapter_dir; return its finetunes-table row.
 
-        Through the packed loop as a group of one where it can (no padding, shared openings laid
-        down once, logits only where trained: grouped.py); else with `train_lora`."""
-        if not unit.lora.dropout:
-            [row] = self.train_group([unit], [adapter_dir], counter)
-            return row
-        return self.train_alone(unit, adapter_dir, counter)
+        Through the packed loop as a group of one (no padding, shared openings laid down once,
+        logits only where trained: grouped.py); `train_group` trains with `train_lora` what
+        that loop cannot take (LoRA dropout)."""
+        [row] = self.train_group([unit], [adapter_dir], counter)
+        return row
 
     def train_alone(self, unit: Any, adapter_dir: str, counter: Any = None) -> dict[str, Any]:
         """Train the unit's adapter with `train_lora` (padded micro batches, peft's layers)."""
