@@ -26,6 +26,7 @@ from ftsafe_ray.finetune.lora import (
     TrainResult,
     _provenance,
     _save_adapter,
+    autocast_dtype,
     lora_config,
 )
 from ftsafe_ray.finetune.packing import (
@@ -109,8 +110,7 @@ class _GroupedLora(torch.autograd.Function):
         *lora: torch.Tensor,
     ) -> torch.Tensor:
         # under autocast, compute in its dtype as F.linear and matmul would
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        dtype = autocast_dtype(x) or x.dtype
         x, weight = x.to(dtype), weight.to(dtype)
         lora = tuple(w.to(dtype) for w in lora)
         out = torch.nn.functional.linear(x, weight, None if bias is None else bias.to(dtype))
@@ -245,9 +245,9 @@ class _PeftCarrier:
         self.model, self.revision = model, revision
         self.peft_model: Any = None
         self.configs: dict[int, Any] = {}  # each member's adapter config, as peft filled it in
-        self.first: tuple[LoraSpec, float, dict[str, tuple[nn.Parameter, nn.Parameter]]] | None
+        # the first member's settings, scaling, initial weights (their shapes: _draw) and config
+        self.first: tuple[LoraSpec, float, dict[str, tuple[nn.Parameter, nn.Parameter]], Any] | None
         self.first = None
-        self.first_index = -1
         self.drawn_as_peft = False  # whether _draw reproduced the first member's weights
 
     def start(
@@ -260,7 +260,7 @@ class _PeftCarrier:
         if self.first is not None and self.drawn_as_peft and lora == self.first[0]:
             # the first member's config object itself: a copy would rebuild its set of target
             # modules, whose order the saved config lists them in
-            self.configs[index] = self.configs[self.first_index]
+            self.configs[index] = self.first[3]
             weights = self._draw(seed)
             return weights, self.first[1], [p for pair in weights.values() for p in pair]
         config = lora_config(lora)
@@ -269,7 +269,7 @@ class _PeftCarrier:
             self.peft_model = get_peft_model(self.model, config, revision=self.revision)
             self.configs[index] = self.peft_model.peft_config["default"]
             weights, scale, params = self._weights("default")
-            self.first, self.first_index = (lora, scale, weights), index
+            self.first = (lora, scale, weights, self.configs[index])
             drawn = self._draw(seed)
             self.drawn_as_peft = all(
                 torch.equal(mine, theirs)
@@ -277,8 +277,9 @@ class _PeftCarrier:
                 for mine, theirs in zip(drawn[name], pair, strict=True)
             )
             return weights, scale, params
+        assert self.first is not None  # the peft model exists: the first member made it
         adapter = f"member{index}"
-        first = self.peft_model.peft_config["default"]
+        first = self.first[3]
         # what get_peft_model sets on a config before it creates the adapter
         config.base_model_name_or_path = first.base_model_name_or_path
         config.revision = first.revision

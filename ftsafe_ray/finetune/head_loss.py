@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ftsafe_ray.finetune.lora import autocast_dtype
+
 # A chunk's logits: under 32 MiB, the largest block glibc reuses from its heap as
 # models/malloc.py sets it (so no page faults on each chunk), and rows enough for the matmul
 # to run at full speed (128 rows of a 49,152-token vocabulary in float32).
@@ -37,8 +39,7 @@ class _HeadLosses(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor:
-        device = hidden.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        dtype = autocast_dtype(hidden)
         head = weight if dtype is None else weight.to(dtype)
         rows, vocabulary = hidden.shape[0], weight.shape[0]
         logit_dtype = torch.promote_types(head.dtype, torch.float32)

@@ -72,6 +72,14 @@ def at_least_float32(logits: Any) -> Any:
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
+def autocast_dtype(tensor: Any) -> Any:
+    """The dtype autocast computes matmuls in on `tensor`'s device, or None where it is off."""
+    import torch
+
+    device = tensor.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
 def _micro_loss_sum(model: Any, batch: tuple) -> Any:
     """Summed next-token cross-entropy over labelled positions of one micro batch."""
     import torch.nn.functional as F
